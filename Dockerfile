@@ -1,0 +1,39 @@
+# memproxy: OpenAI-compatible chat proxy with per-user memory.
+# CPU-only image. Build: docker build -t memproxy .
+# Run:   docker run -p 8000:8000 -v memproxy-data:/data memproxy
+FROM python:3.11-slim
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /app
+
+# torch first, pinned and from the CPU index, so the resolver never pulls a
+# multi-GB CUDA build. Must equal the torch upper bound in pyproject.toml.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+COPY pyproject.toml README.md ./
+COPY proxy/ ./proxy/
+COPY config.yaml ./config.yaml
+RUN pip install --no-cache-dir ".[onnx]"
+
+# Non-root user; /data is created and chowned before VOLUME so a fresh named
+# volume inherits the ownership.
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin memproxy \
+    && mkdir -p /data \
+    && chown memproxy:memproxy /data
+
+ENV MEMPROXY_DATA_DIR=/data \
+    HF_HUB_OFFLINE=1 \
+    PYTHONUNBUFFERED=1 \
+    MEMPROXY_CONFIG=/app/config.yaml
+
+VOLUME /data
+USER memproxy
+EXPOSE 8000
+
+# slim has no curl: probe with the standard library (urlopen raises on non-2xx).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+CMD ["memproxy", "serve", "--host", "0.0.0.0", "--port", "8000"]

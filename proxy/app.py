@@ -1,0 +1,170 @@
+"""The ASGI application: routes, lifespan (resources), error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from proxy.api import MemoriesAPI
+from proxy.chat import ChatCompletions, ChatServices
+from proxy.config import Settings
+from proxy.embedding import Embedder, SentenceTransformerEmbedder
+from proxy.errors import ProxyError, error_body
+from proxy.extraction import Extractor
+from proxy.jobs import JobQueue
+from proxy.metrics import Metrics
+from proxy.passthrough import Passthrough
+from proxy.providers import load_litellm
+from proxy.retrieval import Retriever
+from proxy.store import ChromaStore, MemoryStore
+from proxy.upstream import HttpUpstream
+
+log = logging.getLogger("memproxy")
+
+
+async def _open_memory(
+    settings: Settings, embedder: Embedder | None, store: MemoryStore | None
+) -> tuple[Embedder, MemoryStore]:
+    if embedder is None:
+        embedder = await anyio.to_thread.run_sync(
+            SentenceTransformerEmbedder, settings.embedding, settings.data_dir
+        )
+    if store is None:
+        store = await anyio.to_thread.run_sync(
+            ChromaStore, settings.store, settings.data_dir, embedder.dimension
+        )
+    return embedder, store
+
+
+def create_app(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    store: MemoryStore | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """Build the app. ``embedder``/``store`` replace the real ones (tests, benchmarks)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics = Metrics()
+        upstream = HttpUpstream(settings, upstream_transport)
+        memory_error: str | None = None
+        retriever: Retriever | None = None
+        jobs: JobQueue | None = None
+        opened_store: MemoryStore | None = None
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            opened_embedder, opened_store = await _open_memory(settings, embedder, store)
+            retriever = Retriever(opened_embedder, opened_store, settings.retrieval)
+            if settings.extraction.mode != "off":
+                extractor = Extractor(settings, opened_embedder, opened_store)
+                jobs = JobQueue(extractor.process, settings.extraction.queue_size)
+                jobs.start()
+        except Exception as exc:
+            # Fail open: chats still flow, marked X-Memory-Status: degraded.
+            memory_error = f"{type(exc).__name__}: {exc}"
+            log.error("memory layer unavailable, proxying without memory: %s", memory_error)
+        if settings.extraction.mode == "llm" or settings.models:
+            # Import litellm now, off the loop, so the first call that needs it is not slow.
+            asyncio.get_running_loop().run_in_executor(None, load_litellm)
+        if settings.admin_key is None:
+            log.warning("no admin key set: the memory API answers loopback clients only")
+        if jobs is not None:
+            queue = jobs
+            metrics.gauges["memproxy_jobs_queued"] = lambda: float(queue.pending)
+            metrics.gauges["memproxy_jobs_processed"] = lambda: float(queue.processed)
+            metrics.gauges["memproxy_jobs_failed"] = lambda: float(queue.failed)
+        services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
+        app.state.services = services
+        app.state.chat = ChatCompletions(services)
+        app.state.passthrough = Passthrough(upstream)
+        app.state.memories = MemoriesAPI(settings, opened_store) if opened_store else None
+        log.info("memproxy ready; upstream %s", settings.upstream_base)
+        try:
+            yield
+        finally:
+            if jobs is not None:
+                await jobs.stop(settings.extraction.shutdown_grace_seconds)
+            await upstream.aclose()
+            if opened_store is not None and store is None:
+                opened_store.close()
+
+    async def chat(request: Request) -> Any:
+        return await request.app.state.chat(request)
+
+    async def passthrough(request: Request) -> Any:
+        return await request.app.state.passthrough(request)
+
+    async def list_memories(request: Request) -> Response:
+        api = request.app.state.memories
+        if api is None:
+            return JSONResponse(
+                error_body("the memory store is unavailable", "server_error", "memory_unavailable"),
+                status_code=503,
+            )
+        return await api.list_memories(request)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        services: ChatServices = request.app.state.services
+        checks = {
+            "memory": services.memory_error is None,
+            "worker": services.jobs is None or services.jobs.running,
+        }
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        services: ChatServices = request.app.state.services
+        return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/memories", list_memories, methods=["GET"]),
+        Route("/v1/{path:path}", passthrough, methods=methods),
+    ]
+
+    async def proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return exc.to_response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", "not_found"
+                       if exc.status_code == 404 else "http_error"),
+            status_code=exc.status_code, headers=exc.headers,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            error_body("internal error in memproxy", "server_error", "internal_error"),
+            status_code=500,
+        )
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ProxyError: proxy_error, HTTPException: http_error,
+                            Exception: unexpected},
+    )

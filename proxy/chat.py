@@ -1,0 +1,239 @@
+"""The /chat/completions flow: identify → retrieve → inject → forward → enqueue extraction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.config import Settings
+from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
+from proxy.identity import Identity, resolve_identity
+from proxy.injection import inject_memory_block, render_memory_block
+from proxy.jobs import ExtractionJob, JobQueue
+from proxy.metrics import Metrics
+from proxy.providers import complete_via_litellm, open_litellm_stream
+from proxy.responses import RelayResponse
+from proxy.retrieval import Retriever, build_query, message_text
+from proxy.sse import ChatStreamAssembler
+from proxy.upstream import HttpUpstream, iter_raw, response_headers, translate_transport_error
+
+log = logging.getLogger("memproxy.chat")
+
+STATUS_HEADER = "x-memory-status"
+COUNT_HEADER = "x-memory-injected"
+
+
+@dataclass
+class ChatServices:
+    settings: Settings
+    upstream: HttpUpstream
+    retriever: Retriever | None
+    jobs: JobQueue | None
+    metrics: Metrics
+    memory_error: str | None = None  # the memory layer could not be opened
+
+
+@dataclass
+class MemoryOutcome:
+    status: str  # injected | none | skipped | degraded
+    count: int = 0
+    messages: list[Any] | None = None  # the messages to forward, when changed
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [(STATUS_HEADER, self.status), (COUNT_HEADER, str(self.count))]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_chat_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("each item of 'messages' must be an object", param="messages")
+    return body
+
+
+def new_user_turn(messages: list[Any]) -> list[str]:
+    """The user's messages after the last assistant message: what is new in this request."""
+    texts: list[str] = []
+    for message in reversed(messages):
+        role = message.get("role")
+        if role == "user":
+            texts.append(message_text(message.get("content")))
+        elif role in ("assistant", "tool", "function"):
+            break
+    return [t for t in reversed(texts) if t.strip()]
+
+
+def assistant_text_of(completion: bytes) -> str | None:
+    try:
+        data = json.loads(completion)
+        content = data["choices"][0]["message"].get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return message_text(content)
+
+
+async def _tee(
+    source: AsyncGenerator[bytes, None], assembler: ChatStreamAssembler
+) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in source:
+            assembler.feed(chunk)
+            yield chunk
+    finally:
+        await source.aclose()
+
+
+class ChatCompletions:
+    def __init__(self, services: ChatServices):
+        self.s = services
+
+    async def __call__(self, request: Request) -> Response | RelayResponse:
+        settings = self.s.settings
+        raw = await read_body(request, settings.server.max_body_bytes)
+        body = parse_chat_body(raw)
+        identity = resolve_identity(request.headers, body, settings.identity)
+        outcome = await self._memories(identity, body["messages"])
+        self.s.metrics.memory_status[outcome.status] += 1
+        if outcome.messages is not None:
+            forwarded = {**body, "messages": outcome.messages}
+            raw = json.dumps(forwarded, ensure_ascii=False, separators=(",", ":")).encode()
+        else:
+            forwarded = body
+        finish = self._finisher(request, identity, body)
+        route = settings.models.get(str(body.get("model")))
+        if route is not None:
+            if body.get("stream") is True:
+                assembler = ChatStreamAssembler()
+                source = await open_litellm_stream(forwarded, route)
+                return RelayResponse(
+                    200,
+                    [("content-type", "text/event-stream"), ("cache-control", "no-cache"),
+                     *outcome.headers()],
+                    _tee(source, assembler),
+                    lambda completed: finish(assembler.text if completed and assembler.complete
+                                             else None),
+                )
+            result = await complete_via_litellm(forwarded, route)
+            await finish(assistant_text_of(json.dumps(result).encode()))
+            return JSONResponse(result, headers=dict(outcome.headers()))
+        return await self._forward_http(request, raw, body, outcome, finish)
+
+    async def _forward_http(
+        self,
+        request: Request,
+        raw: bytes,
+        body: dict[str, Any],
+        outcome: MemoryOutcome,
+        finish: Callable[[str | None], Awaitable[None]],
+    ) -> Response | RelayResponse:
+        upstream = self.s.upstream
+        response = await upstream.send(
+            "POST", "/chat/completions",
+            query=request.url.query.encode("latin-1"),
+            headers=upstream.request_headers(request.headers.items(), identity_encoding=True),
+            content=raw,
+        )
+        headers = response_headers(response, keep_encoding=False) + outcome.headers()
+        streaming = body.get("stream") is True and response.is_success
+        if not streaming:
+            try:
+                content = await response.aread()
+            except httpx.HTTPError as exc:
+                raise translate_transport_error(exc) from exc
+            finally:
+                await response.aclose()
+            if response.is_success:
+                await finish(assistant_text_of(content))
+            return Response(content, status_code=response.status_code, headers=dict(headers))
+        assembler = ChatStreamAssembler()
+
+        async def on_finish(completed: bool) -> None:
+            await finish(assembler.text if completed and assembler.complete else None)
+
+        return RelayResponse(
+            response.status_code, headers, _tee(iter_raw(response), assembler), on_finish
+        )
+
+    async def _memories(self, identity: Identity, messages: list[Any]) -> MemoryOutcome:
+        retriever = self.s.retriever
+        if not identity.reads:
+            return MemoryOutcome("skipped")
+        if retriever is None:
+            self.s.metrics.memory_failures["unavailable"] += 1
+            return MemoryOutcome("degraded")
+        query = build_query(messages, self.s.settings.retrieval.short_query_chars)
+        if not query:
+            return MemoryOutcome("none")
+        user_id = identity.user_id
+        assert user_id is not None
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.s.settings.retrieval.timeout_ms / 1000):
+                found = await anyio.to_thread.run_sync(
+                    retriever.retrieve, user_id, query, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            self.s.metrics.memory_failures["timeout"] += 1
+            log.warning("retrieval timed out; forwarding without memories")
+            return MemoryOutcome("degraded")
+        except Exception as exc:
+            self.s.metrics.memory_failures[type(exc).__name__] += 1
+            log.warning("retrieval failed (%s: %s); forwarding without memories",
+                        type(exc).__name__, exc)
+            return MemoryOutcome("degraded")
+        self.s.metrics.observe_retrieval(time.perf_counter() - started)
+        if not found:
+            return MemoryOutcome("none")
+        injected, _ = inject_memory_block(messages, render_memory_block(found))
+        return MemoryOutcome("injected", len(found), injected)
+
+    def _finisher(
+        self, request: Request, identity: Identity, body: dict[str, Any]
+    ) -> Callable[[str | None], Awaitable[None]]:
+        jobs = self.s.jobs
+        # Read the key now: the request object is gone when a stream finishes.
+        api_key = self.s.upstream.caller_api_key(request.headers)
+        user_texts = new_user_turn(body["messages"])
+
+        async def finish(assistant_text: str | None) -> None:
+            if jobs is None or assistant_text is None or not identity.writes or not user_texts:
+                return
+            jobs.submit(
+                ExtractionJob(
+                    identity=identity, user_texts=user_texts, assistant_text=assistant_text,
+                    model=str(body.get("model", "")), api_key=api_key,
+                )
+            )
+
+        return finish
+

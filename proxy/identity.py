@@ -1,0 +1,97 @@
+"""Who is calling: user, agent, session and the memory mode of one request.
+
+The user comes from the first configured user header that is present (default
+``X-User-Id``), else from the body: ``user``, ``safety_identifier``, ``metadata.user_id``.
+Accepted ids: 1..max_id_length printable characters, no control characters.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from proxy.config import IdentitySettings
+from proxy.errors import InvalidHeader, InvalidRequest
+
+MemoryMode = Literal["on", "off", "read", "write"]
+MODES: tuple[MemoryMode, ...] = ("on", "off", "read", "write")
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str | None
+    agent_id: str | None = None
+    session_id: str | None = None
+    mode: MemoryMode = "on"
+
+    @property
+    def reads(self) -> bool:
+        return self.user_id is not None and self.mode in ("on", "read")
+
+    @property
+    def writes(self) -> bool:
+        return self.user_id is not None and self.mode in ("on", "write")
+
+
+def check_id(value: str, what: str, max_length: int, *, header: bool) -> str:
+    error = InvalidHeader if header else InvalidRequest
+    value = value.strip()
+    if not value:
+        raise error(f"{what} must not be empty")
+    if len(value) > max_length:
+        raise error(f"{what} is longer than {max_length} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        raise error(f"{what} must not contain control characters")
+    return value
+
+
+def _body_user(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    for field in ("user", "safety_identifier"):
+        value = body.get(field)
+        if isinstance(value, str) and value.strip():
+            return field, value
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping):
+        value = metadata.get("user_id")
+        if isinstance(value, str) and value.strip():
+            return "metadata.user_id", value
+    return None
+
+
+def resolve_identity(
+    headers: Mapping[str, str], body: Mapping[str, Any], settings: IdentitySettings
+) -> Identity:
+    limit = settings.max_id_length
+    user_id: str | None = None
+    for name in settings.user_headers:
+        raw = headers.get(name)
+        if raw is not None:
+            user_id = check_id(raw, f"header {name}", limit, header=True)
+            break
+    if user_id is None:
+        found = _body_user(body)
+        if found is not None:
+            user_id = check_id(found[1], f"body field {found[0]}", limit, header=False)
+
+    def optional(name: str) -> str | None:
+        raw = headers.get(name)
+        return None if raw is None else check_id(raw, f"header {name}", limit, header=True)
+
+    raw_mode = headers.get(settings.mode_header)
+    mode: MemoryMode = settings.default_mode
+    if raw_mode is not None:
+        wanted = raw_mode.strip().lower()
+        if wanted not in MODES:
+            raise InvalidHeader(
+                f"header {settings.mode_header} must be one of {', '.join(MODES)}, "
+                f"got {raw_mode[:40]!r}"
+            )
+        mode = wanted  # type: ignore[assignment]
+    return Identity(
+        user_id=user_id,
+        agent_id=optional(settings.agent_header),
+        session_id=optional(settings.session_header),
+        mode=mode,
+    )

@@ -1,0 +1,48 @@
+"""Counters for /metrics, in the Prometheus text format."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.memory_status: Counter[str] = Counter()
+        self.memory_failures: Counter[str] = Counter()
+        self.retrieval_seconds_sum = 0.0
+        self.retrieval_count = 0
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def observe_retrieval(self, seconds: float) -> None:
+        self.retrieval_seconds_sum += seconds
+        self.retrieval_count += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP memproxy_requests_total Requests handled, by route and status.",
+            "# TYPE memproxy_requests_total counter",
+        ]
+        for (route, status), n in sorted(self.requests.items()):
+            lines.append(f'memproxy_requests_total{{route="{route}",status="{status}"}} {n}')
+        lines += [
+            "# HELP memproxy_memory_status_total Chat requests by X-Memory-Status.",
+            "# TYPE memproxy_memory_status_total counter",
+        ]
+        for memory_status, count in sorted(self.memory_status.items()):
+            lines.append(f'memproxy_memory_status_total{{status="{memory_status}"}} {count}')
+        lines += [
+            "# HELP memproxy_memory_failures_total Memory-layer failures (chat went on).",
+            "# TYPE memproxy_memory_failures_total counter",
+        ]
+        for reason, n in sorted(self.memory_failures.items()):
+            lines.append(f'memproxy_memory_failures_total{{reason="{reason}"}} {n}')
+        lines += [
+            "# TYPE memproxy_retrieval_seconds summary",
+            f"memproxy_retrieval_seconds_sum {self.retrieval_seconds_sum:.6f}",
+            f"memproxy_retrieval_seconds_count {self.retrieval_count}",
+        ]
+        for name, read in sorted(self.gauges.items()):
+            lines += [f"# TYPE {name} gauge", f"{name} {read()}"]
+        return "\n".join(lines) + "\n"
