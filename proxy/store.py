@@ -306,6 +306,11 @@ class ChromaStore:
             return len(index.memories)
         return len(self._collection(user_id).get(where={"user_id": user_id}, include=[])["ids"])
 
+    def cached_users(self) -> list[str]:
+        """Users whose index is in memory, least recently used first."""
+        with self._lock:
+            return list(self._cache)
+
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
