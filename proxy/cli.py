@@ -25,6 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request URL at INFO (litellm's calls included): too chatty.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

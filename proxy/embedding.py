@@ -87,7 +87,8 @@ class SentenceTransformerEmbedder:
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self._model.encode(
-            list(texts), normalize_embeddings=True, convert_to_numpy=True, batch_size=32
+            list(texts), normalize_embeddings=True, convert_to_numpy=True, batch_size=32,
+            show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
 
