@@ -71,6 +71,8 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[…" a few thousand deep exhausts the parser's stack
+        raise InvalidJSON("request body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     messages = body.get("messages")
