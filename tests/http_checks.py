@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import HashingEmbedder
+import openai
+from conftest import HashingEmbedder, wait_until
 from fake_upstream import FakeUpstream
 from servers import ThreadedServer
 
@@ -30,6 +31,29 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     assert "code" in error
     if code is not None:
         assert error["code"] == code, error
+
+
+def sdk(base_url: str, api_key: str = "sk-test", **kwargs: Any) -> openai.OpenAI:
+    """The official client, no retries: every status the proxy answers is seen as is."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, **kwargs)
+
+
+def chat(base_url: str, body: Any, **headers: str) -> httpx.Response:
+    return httpx.post(base_url + CHAT_PATH, json=body, headers=headers, timeout=10)
+
+
+def seed(base_url: str, user_id: str, text: str) -> None:
+    """Store ``text`` for the user (raw extraction keeps the user's message verbatim)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    response = chat(base_url, body, **{"X-User-Id": user_id})
+    assert response.status_code == 200, response.text
+    wait_until(lambda: text in memories_of(base_url, user_id), timeout=10)
+
+
+def forwarded_chats(upstream: FakeUpstream) -> list[Any]:
+    """Chat requests the upstream received (chat_requests() would hide a client's own
+    response_format json_schema request, taking it for an extraction call)."""
+    return [r for r in upstream.requests if r.is_chat]
 
 
 def memories_of(base_url: str, user_id: str) -> list[str]:

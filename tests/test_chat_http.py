@@ -1,16 +1,15 @@
 """/chat/completions through the real app over real HTTP: transparency, identity and memory
-modes, streaming, fail-open, routes and health, and the caller's API key."""
+modes, routes and health, and the caller's API key. (Streaming: test_streaming.py; fail-open:
+test_fail_open.py; passthrough and upstream errors: test_passthrough.py.)"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import numpy as np
 import openai
 import pytest
 from conftest import wait_until
@@ -18,17 +17,19 @@ from fake_upstream import FakeUpstream
 from http_checks import (
     CHAT_PATH,
     assert_openai_error,
+    chat,
+    forwarded_chats,
     injected_positions,
     memories_of,
     reset,
+    sdk,
+    seed,
     shared_proxy,
 )
 from pydantic import SecretStr
 from servers import ThreadedServer
 
 from proxy.config import Settings
-from proxy.errors import MemoryUnavailable
-from proxy.store import Memory, ScoredMemory
 
 SEED = "I keep three beehives on my roof in Lisbon"
 
@@ -44,28 +45,12 @@ class SentBodies:
             self.bodies.append(json.loads(request.content))
 
 
-def sdk(base_url: str, api_key: str = "sk-test", **kwargs: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, **kwargs)
-
-
-def chat(base_url: str, body: Any, **headers: str) -> httpx.Response:
-    return httpx.post(base_url + CHAT_PATH, json=body, headers=headers, timeout=10)
-
-
-def seed(proxy_url: str, user_id: str, text: str = SEED) -> None:
-    """Store ``text`` for the user (raw extraction keeps the user's message verbatim)."""
-    response = chat(proxy_url, {"model": "m", "messages": [{"role": "user", "content": text}]},
-                    **{"X-User-Id": user_id})
-    assert response.status_code == 200, response.text
-    wait_until(lambda: text in memories_of(proxy_url, user_id), timeout=10)
-
-
 @pytest.fixture(scope="module")
 def _shared(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ThreadedServer, FakeUpstream]]:
     with shared_proxy(tmp_path_factory.mktemp("chat-data")) as (proxy, upstream):
-        seed(proxy.base_url, "alice")
+        seed(proxy.base_url, "alice", SEED)
         yield proxy, upstream
 
 
@@ -76,12 +61,7 @@ def shared(_shared: tuple[ThreadedServer, FakeUpstream]) -> tuple[str, FakeUpstr
     return proxy.base_url, reset(upstream)
 
 
-def forwarded_chats(upstream: FakeUpstream) -> list[Any]:
-    # Not chat_requests(): a client's own response_format json_schema would hide the request.
-    return [r for r in upstream.requests if r.is_chat]
-
-
-# --- 1. transparency -----------------------------------------------------------------------
+# --- transparency ----------------------------------------------------------------------------
 
 IMAGE = {"url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"
                 "nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==", "detail": "low"}
@@ -166,7 +146,7 @@ def test_memory_message_sits_right_after_the_leading_system_messages(
     assert forwarded == body
 
 
-# --- 2. identity and memory modes ----------------------------------------------------------
+# --- identity and memory modes ---------------------------------------------------------------
 
 ODD_BYTES = (b'{ "messages" :[{"role":"user","content":"caf\\u00e9 \xc3\xa9t\xc3\xa9"}],\n'
              b'  "model":"m",  "temperature": 1.50, "zzz": [1e3, null] }')
@@ -260,165 +240,7 @@ def test_invalid_memory_mode_is_rejected(shared: tuple[str, FakeUpstream]) -> No
     assert upstream.requests == []
 
 
-# --- 3. streaming --------------------------------------------------------------------------
-
-def content_arrivals(response: httpx.Response) -> list[tuple[float, str]]:
-    arrivals: list[tuple[float, str]] = []
-    for line in response.iter_lines():
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        chunk = json.loads(line[len("data: "):])
-        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-            arrivals.append((time.monotonic(), chunk["choices"][0]["delta"]["content"]))
-    return arrivals
-
-
-def test_stream_chunks_reach_the_client_as_they_arrive(
-    shared: tuple[str, FakeUpstream]
-) -> None:
-    base_url, upstream = shared
-    upstream.chunk_delay = 0.3
-    body = {"model": "m", "stream": True,
-            "messages": [{"role": "user", "content": "I collect vintage typewriters"}]}
-    started = time.monotonic()
-    with httpx.stream("POST", base_url + CHAT_PATH, json=body,
-                      headers={"X-User-Id": "sam"}, timeout=10) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        assert response.headers["x-memory-status"] == "none"
-        arrivals = content_arrivals(response)
-    ended = time.monotonic()
-
-    assert "".join(text for _, text in arrivals) == "echo: I collect vintage typewriters"
-    assert len(arrivals) == 5
-    first, last = arrivals[0][0], arrivals[-1][0]
-    assert last - first >= 0.8  # spread out, not one burst at the end
-    assert first - started < 0.5 and ended - first >= 0.8
-    # A completed stream is remembered.
-    wait_until(lambda: memories_of(base_url, "sam") == ["I collect vintage typewriters"])
-
-
-@pytest.mark.anyio
-async def test_stream_usage_chunk_reaches_the_async_sdk(
-    shared: tuple[str, FakeUpstream]
-) -> None:
-    base_url, _ = shared
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="sk-test",
-                                max_retries=0)
-    stream = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "count my words please"}],
-        stream=True, stream_options={"include_usage": True},
-        extra_headers={"X-User-Id": "uma"},
-    )
-    chunks = [chunk async for chunk in stream]
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "echo: count my words please"
-    assert chunks[-1].choices == []
-    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 4
-    await client.close()
-
-
-def test_client_disconnect_cancels_the_upstream_stream(
-    shared: tuple[str, FakeUpstream]
-) -> None:
-    base_url, upstream = shared
-    upstream.chunk_delay = 5.0
-    body = {"model": "m", "stream": True,
-            "messages": [{"role": "user", "content": "Unfinished walrus story"}]}
-    with httpx.stream("POST", base_url + CHAT_PATH, json=body,
-                      headers={"X-User-Id": "dee"}, timeout=10) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                break  # first chunk in hand; leaving the block closes the connection
-    wait_until(upstream.stream_cancelled.is_set, timeout=5)
-
-    upstream.chunk_delay = 0.0
-    assert httpx.get(base_url + "/healthz").status_code == 200
-    body = {"model": "m", "messages": [{"role": "user", "content": "Completed heron note"}]}
-    assert chat(base_url, body, **{"X-User-Id": "dee"}).status_code == 200
-    wait_until(lambda: "Completed heron note" in memories_of(base_url, "dee"))
-    assert memories_of(base_url, "dee") == ["Completed heron note"]
-
-
-# --- 7. fail open --------------------------------------------------------------------------
-
-class FailingStore:
-    """A MemoryStore whose every call fails, or is slow (``delay``) before answering."""
-
-    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
-        self.error = error
-        self.delay = delay
-
-    def _call(self) -> None:
-        time.sleep(self.delay)
-        if self.error is not None:
-            raise self.error
-
-    def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
-        self._call()
-
-    def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
-        self._call()
-        return []
-
-    def list_user(self, user_id: str, limit: int, offset: int = 0) -> list[Memory]:
-        self._call()
-        return []
-
-    def count_user(self, user_id: str) -> int:
-        self._call()
-        return 3
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize(
-    ("error", "stream"),
-    [(MemoryUnavailable("chroma is down"), False), (RuntimeError("boom"), True)],
-)
-def test_failing_store_degrades_but_the_chat_succeeds(
-    error: Exception, stream: bool, upstream: FakeUpstream, start_proxy
-) -> None:
-    proxy = start_proxy(store=FailingStore(error))
-    client = sdk(proxy.base_url + "/v1")
-    raw = client.chat.completions.with_raw_response.create(
-        model="m", messages=[{"role": "user", "content": "What do I keep on my roof?"}],
-        stream=stream, extra_headers={"X-User-Id": "alice"},
-    )
-    assert raw.status_code == 200
-    assert raw.headers["x-memory-status"] == "degraded"
-    parsed = raw.parse()
-    if stream:
-        text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
-    else:
-        text = parsed.choices[0].message.content
-    assert text == "echo: What do I keep on my roof?"
-    assert injected_positions(forwarded_chats(upstream)[0].json) == []
-    metrics = httpx.get(proxy.base_url + "/metrics").text
-    assert 'memproxy_memory_status_total{status="degraded"} 1' in metrics
-
-
-def test_slow_store_times_out_and_the_chat_goes_on(
-    settings: Settings, start_proxy
-) -> None:
-    settings.retrieval.timeout_ms = 100
-    settings.extraction.mode = "off"
-    proxy = start_proxy(settings, store=FailingStore(delay=1.0))
-    client = sdk(proxy.base_url + "/v1")
-    started = time.monotonic()
-    raw = client.chat.completions.with_raw_response.create(
-        model="m", messages=[{"role": "user", "content": "What do I keep on my roof?"}],
-        extra_headers={"X-User-Id": "alice"},
-    )
-    elapsed = time.monotonic() - started
-    assert raw.headers["x-memory-status"] == "degraded"
-    assert elapsed < 0.7, elapsed
-    assert 'memproxy_memory_failures_total{reason="timeout"} 1' in httpx.get(
-        proxy.base_url + "/metrics").text
-
-
-# --- 8. routes, health, metrics ------------------------------------------------------------
+# --- routes, health, metrics -----------------------------------------------------------------
 
 @pytest.mark.parametrize("prefix", ["/v1", ""])
 def test_both_chat_routes_work(prefix: str, shared: tuple[str, FakeUpstream]) -> None:
@@ -445,7 +267,7 @@ def test_health_readiness_and_metrics(start_proxy) -> None:
     assert 'memproxy_memory_status_total{status="none"} 1' in metrics.text
 
 
-# --- 9. the caller's API key ---------------------------------------------------------------
+# --- the caller's API key --------------------------------------------------------------------
 
 CALLER_KEY = "sk-RECOGNISABLE-123"
 

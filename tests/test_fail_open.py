@@ -1,0 +1,110 @@
+"""Fail open: a failing or slow memory store costs the memories, never the chat."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fake_upstream import FakeUpstream
+from http_checks import forwarded_chats, injected_positions, sdk
+
+from proxy.config import Settings
+from proxy.errors import MemoryUnavailable
+from proxy.store import Memory, ScoredMemory
+
+
+class FailingStore:
+    """A MemoryStore whose every call fails, or is slow (``delay``) before answering."""
+
+    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
+        self.error = error
+        self.delay = delay
+
+    def _call(self) -> None:
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+
+    def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
+        self._call()
+
+    def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
+        self._call()
+        return []
+
+    def list_user(self, user_id: str, limit: int, offset: int = 0) -> list[Memory]:
+        self._call()
+        return []
+
+    def count_user(self, user_id: str) -> int:
+        self._call()
+        return 3
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "stream"),
+    [(MemoryUnavailable("chroma is down"), False), (RuntimeError("boom"), True)],
+)
+def test_failing_store_degrades_but_the_chat_succeeds(
+    error: Exception, stream: bool, upstream: FakeUpstream, start_proxy
+) -> None:
+    proxy = start_proxy(store=FailingStore(error))
+    client = sdk(proxy.base_url + "/v1")
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "What do I keep on my roof?"}],
+        stream=stream, extra_headers={"X-User-Id": "alice"},
+    )
+    assert raw.status_code == 200
+    assert raw.headers["x-memory-status"] == "degraded"
+    parsed = raw.parse()
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+    else:
+        text = parsed.choices[0].message.content
+    assert text == "echo: What do I keep on my roof?"
+    assert injected_positions(forwarded_chats(upstream)[0].json) == []
+    metrics = httpx.get(proxy.base_url + "/metrics").text
+    assert 'memproxy_memory_status_total{status="degraded"} 1' in metrics
+
+
+def test_slow_store_times_out_and_the_chat_goes_on(
+    settings: Settings, start_proxy
+) -> None:
+    settings.retrieval.timeout_ms = 100
+    settings.extraction.mode = "off"
+    proxy = start_proxy(settings, store=FailingStore(delay=1.0))
+    client = sdk(proxy.base_url + "/v1")
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "What do I keep on my roof?"}],
+        extra_headers={"X-User-Id": "alice"},
+    )
+    elapsed = time.monotonic() - started
+    assert raw.headers["x-memory-status"] == "degraded"
+    assert elapsed < 0.7, elapsed
+    assert 'memproxy_memory_failures_total{reason="timeout"} 1' in httpx.get(
+        proxy.base_url + "/metrics").text
+
+
+def test_unusable_data_dir_degrades_and_readiness_says_so(
+    settings: Settings, tmp_path: Path, upstream: FakeUpstream, start_proxy
+) -> None:
+    settings.data_dir = tmp_path / "a-file-not-a-directory"
+    settings.data_dir.write_text("")
+    proxy = start_proxy(settings, store=None)
+    raw = sdk(proxy.base_url + "/v1").chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"X-User-Id": "alice"},
+    )
+    assert raw.headers["x-memory-status"] == "degraded"
+    assert raw.parse().choices[0].message.content == "echo: hello"
+    assert httpx.get(proxy.base_url + "/healthz").status_code == 200
+    ready = httpx.get(proxy.base_url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["memory"] is False
