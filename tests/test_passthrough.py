@@ -49,7 +49,7 @@ def sdk(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url + "/v1", api_key="sk-test", max_retries=0)
 
 
-# --- 4. passthrough ------------------------------------------------------------------------
+# --- passthrough -----------------------------------------------------------------------------
 
 def test_models_list_with_query_through_sdk_and_raw_http(shared: tuple[str, FakeUpstream]) -> None:
     base_url, upstream = shared
@@ -100,7 +100,7 @@ def test_unknown_path_is_passed_through(shared: tuple[str, FakeUpstream]) -> Non
     )
 
 
-# --- 5. upstream errors --------------------------------------------------------------------
+# --- upstream errors -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_rate_limit_reaches_the_sdk_unchanged(
