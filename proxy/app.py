@@ -20,7 +20,7 @@ from proxy.api import MemoriesAPI
 from proxy.chat import ChatCompletions, ChatServices
 from proxy.config import Settings
 from proxy.embedding import Embedder, SentenceTransformerEmbedder
-from proxy.errors import ProxyError, error_body
+from proxy.errors import MemoryUnavailable, ProxyError, error_body
 from proxy.extraction import Extractor
 from proxy.jobs import JobQueue
 from proxy.metrics import Metrics
@@ -147,6 +147,12 @@ def create_app(
         assert isinstance(exc, ProxyError)
         return exc.to_response()
 
+    async def memory_unavailable(request: Request, exc: Exception) -> Response:
+        return JSONResponse(
+            error_body(f"memory store unavailable: {exc}", "server_error", "memory_unavailable"),
+            status_code=503,
+        )
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return JSONResponse(
@@ -165,6 +171,8 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ProxyError: proxy_error, HTTPException: http_error,
-                            Exception: unexpected},
+        exception_handlers={
+            ProxyError: proxy_error, HTTPException: http_error,
+            MemoryUnavailable: memory_unavailable, Exception: unexpected,
+        },
     )

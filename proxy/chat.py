@@ -176,7 +176,7 @@ class ChatCompletions:
                 await response.aclose()
             if response.is_success:
                 await finish(assistant_text_of(content))
-            return Response(content, status_code=response.status_code, headers=dict(headers))
+            return _raw_response(content, response.status_code, headers)
         assembler = ChatStreamAssembler()
 
         async def on_finish(completed: bool) -> None:
@@ -239,3 +239,12 @@ class ChatCompletions:
 
         return finish
 
+
+
+def _raw_response(content: bytes, status: int, headers: list[tuple[str, str]]) -> Response:
+    """A response carrying the upstream's headers as a list: repeated ones (set-cookie) stay."""
+    response = Response(content, status_code=status)
+    response.raw_headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+    ] + [(b"content-length", str(len(content)).encode())]
+    return response

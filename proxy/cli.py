@@ -35,6 +35,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Keep-alive past typical client idle time; the access log is ours to keep quiet.
         timeout_keep_alive=30,
         access_log=False,
+        # Proxied responses carry the upstream's own Date/Server; uvicorn would add twins.
+        server_header=False,
+        date_header=False,
     )
     return 0
 

@@ -54,8 +54,10 @@ class SentenceTransformerEmbedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = settings.model or DEFAULT_MODEL_LABEL
         self._model = self._load(source, settings, data_dir)
-        dimension_of = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
+        # Renamed in sentence-transformers 5.x; keep working with older releases.
+        dimension_of = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
         )
         dim = dimension_of()
         self._dimension = int(dim) if dim else int(self._encode(["x"]).shape[1])

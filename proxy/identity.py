@@ -47,6 +47,14 @@ def check_id(value: str, what: str, max_length: int, *, header: bool) -> str:
     return value
 
 
+def _header_text(raw: str) -> str:
+    """Header values arrive decoded as latin-1; ids are UTF-8 (same id as in the body)."""
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw
+
+
 def _body_user(body: Mapping[str, Any]) -> tuple[str, str] | None:
     for field in ("user", "safety_identifier"):
         value = body.get(field)
@@ -68,7 +76,7 @@ def resolve_identity(
     for name in settings.user_headers:
         raw = headers.get(name)
         if raw is not None:
-            user_id = check_id(raw, f"header {name}", limit, header=True)
+            user_id = check_id(_header_text(raw), f"header {name}", limit, header=True)
             break
     if user_id is None:
         found = _body_user(body)
@@ -77,7 +85,9 @@ def resolve_identity(
 
     def optional(name: str) -> str | None:
         raw = headers.get(name)
-        return None if raw is None else check_id(raw, f"header {name}", limit, header=True)
+        if raw is None:
+            return None
+        return check_id(_header_text(raw), f"header {name}", limit, header=True)
 
     raw_mode = headers.get(settings.mode_header)
     mode: MemoryMode = settings.default_mode

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 class Metrics:
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, int]] = Counter()
         self.memory_status: Counter[str] = Counter()
         self.memory_failures: Counter[str] = Counter()
         self.retrieval_seconds_sum = 0.0
@@ -21,12 +20,6 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP memproxy_requests_total Requests handled, by route and status.",
-            "# TYPE memproxy_requests_total counter",
-        ]
-        for (route, status), n in sorted(self.requests.items()):
-            lines.append(f'memproxy_requests_total{{route="{route}",status="{status}"}} {n}')
-        lines += [
             "# HELP memproxy_memory_status_total Chat requests by X-Memory-Status.",
             "# TYPE memproxy_memory_status_total counter",
         ]

@@ -108,3 +108,12 @@ def test_unusable_data_dir_degrades_and_readiness_says_so(
     assert httpx.get(proxy.base_url + "/healthz").status_code == 200
     ready = httpx.get(proxy.base_url + "/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["memory"] is False
+
+
+def test_memory_api_with_a_failing_store_is_a_503_not_a_500(
+    upstream: FakeUpstream, start_proxy
+) -> None:
+    proxy = start_proxy(store=FailingStore(MemoryUnavailable("chroma is down")))
+    response = httpx.get(proxy.base_url + "/v1/memories", params={"user_id": "u"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "memory_unavailable"

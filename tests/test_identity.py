@@ -63,3 +63,10 @@ def test_invalid_ids_and_modes_are_400s(headers: dict, body: dict, error: type) 
 
 def test_unicode_ids_are_accepted() -> None:
     assert resolve_identity({}, {"user": "Zoë-🙂-مرحبا"}, SETTINGS).user_id == "Zoë-🙂-مرحبا"
+
+
+def test_utf8_header_ids_are_the_same_user_as_in_the_body() -> None:
+    # Servers hand header bytes over decoded as latin-1.
+    as_received = "zoë-🙂".encode().decode("latin-1")
+    from_header = resolve_identity({"X-User-Id": as_received}, {}, SETTINGS).user_id
+    assert from_header == resolve_identity({}, {"user": "zoë-🙂"}, SETTINGS).user_id

@@ -154,3 +154,29 @@ def test_slow_upstream_is_504(settings: Settings, upstream: FakeUpstream, start_
                           timeout=10)
     assert_openai_error(response, 504, "upstream_timeout")
     assert time.monotonic() - started < 1.1
+
+
+def test_repeated_upstream_headers_survive_a_non_streaming_chat(settings, hashing_embedder) -> None:
+    from servers import ThreadedServer
+
+    from proxy.app import create_app
+
+    def upstream_reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers=[("set-cookie", "a=1"), ("set-cookie", "b=2"), ("x-request-id", "r1")],
+            json={"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]},
+        )
+
+    app = create_app(
+        settings, embedder=hashing_embedder, upstream_transport=httpx.MockTransport(upstream_reply)
+    )
+    with ThreadedServer(app) as proxy:
+        response = httpx.post(
+            proxy.base_url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert response.headers["x-request-id"] == "r1"
+    assert response.json()["choices"][0]["message"]["content"] == "hi"
