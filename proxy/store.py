@@ -138,6 +138,7 @@ class ChromaStore:
                 )
             self._shards = self._check_layout(settings.shards)
             self._collections: dict[int, Any] = {}
+            self._max_batch = max(1, int(self._client.get_max_batch_size()))
         except MemoryUnavailable:
             raise
         except Exception as exc:
@@ -231,26 +232,40 @@ class ChromaStore:
     def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
         if not memories:
             return
+        # One Chroma call per shard (split at Chroma's batch limit), not one per user: each
+        # call has a fixed cost of several ms, which dominates bulk writes of many users.
+        by_shard: dict[int, list[int]] = {}
+        for i, memory in enumerate(memories):
+            by_shard.setdefault(shard_of(memory.user_id, self._shards), []).append(i)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        try:
+            for rows in by_shard.values():
+                collection = self._collection(memories[rows[0]].user_id)
+                for start in range(0, len(rows), self._max_batch):
+                    part = rows[start : start + self._max_batch]
+                    chunk = [memories[i] for i in part]
+                    collection.add(
+                        ids=[m.id for m in chunk],
+                        embeddings=vectors[part],
+                        documents=[m.text for m in chunk],
+                        metadatas=[m.metadata() for m in chunk],
+                    )
+                    self._append_cached(chunk, vectors[part])
+        except Exception as exc:
+            raise MemoryUnavailable(f"store write failed: {exc}") from exc
+
+    def _append_cached(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
+        """Add just-written memories to the indexes of users already in the cache."""
         by_user: dict[str, list[int]] = {}
         for i, memory in enumerate(memories):
             by_user.setdefault(memory.user_id, []).append(i)
-        try:
+        with self._lock:
             for user_id, rows in by_user.items():
-                chunk = [memories[i] for i in rows]
-                self._collection(user_id).add(
-                    ids=[m.id for m in chunk],
-                    embeddings=vectors[rows].astype(np.float32),
-                    documents=[m.text for m in chunk],
-                    metadatas=[m.metadata() for m in chunk],
-                )
-                with self._lock:
-                    index = self._cache.get(user_id)
-                    if index is not None:
-                        self._cache_bytes -= index.nbytes
-                        index.append(chunk, vectors[rows])
-                        self._cache_bytes += index.nbytes
-        except Exception as exc:
-            raise MemoryUnavailable(f"store write failed: {exc}") from exc
+                index = self._cache.get(user_id)
+                if index is not None:
+                    self._cache_bytes -= index.nbytes
+                    index.append([memories[i] for i in rows], vectors[rows])
+                    self._cache_bytes += index.nbytes
 
     def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
         try:
