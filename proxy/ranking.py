@@ -1,0 +1,216 @@
+"""Ranking one user's memories from a dense and a keyword score per memory.
+
+Pure functions over arrays aligned with the user's memories (row i of every array is memory
+i), so the retriever can call them on its cached index and tests on hand-made numbers:
+
+    eligible = eligible_mask(superseded_by)              # superseded memories out
+    fused = fuse(dense, keyword, params, eligible)       # min-max weighted sum (or RRF)
+    order = order_by_score(fused, created_at, eligible)  # newer first among near-ties
+    top = mmr_select(order[:pool], fused, vectors, k)    # near-duplicates pushed down
+
+``rank_memories`` does all four. Min-max fusion beat reciprocal rank fusion by 4–9 points of
+recall@10 on a public long-conversation benchmark (DESIGN.md); RRF stays as an option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RankingParams:
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    dense_weight: float = 0.5
+    keyword_weight: float = 0.5
+    rrf_k: int = 60
+    # Scores closer than this (on the 0–1 fused scale) count as tied; the newer memory wins.
+    tie_tolerance: float = 0.005
+    # MMR: relevance weight (1.0 turns the pass off); only similarity above the floor counts
+    # as redundancy, so related-but-different facts are not pushed apart.
+    mmr_lambda: float = 0.7
+    mmr_similarity_floor: float = 0.6
+    mmr_pool: int = 3  # candidates considered: mmr_pool * k
+    include_superseded: bool = False
+
+
+class Ranked(NamedTuple):
+    indices: np.ndarray  # memory positions, best first
+    scores: np.ndarray  # their fused scores
+
+
+def eligible_mask(
+    superseded_by: Sequence[str | None], include_superseded: bool = False
+) -> np.ndarray:
+    """True for memories retrieval may return: not superseded, unless asked for."""
+    if include_superseded:
+        return np.ones(len(superseded_by), dtype=bool)
+    return np.array([not marker for marker in superseded_by], dtype=bool)
+
+
+def minmax(scores: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Scale to 0–1 over the eligible entries; a constant input becomes all zeros."""
+    scores = np.asarray(scores, dtype=np.float32)
+    out = np.zeros_like(scores)
+    pool = scores if eligible is None else scores[eligible]
+    if pool.size == 0:
+        return out
+    low, high = float(pool.min()), float(pool.max())
+    if high - low <= 1e-12:
+        return out
+    out[:] = (scores - low) / (high - low)
+    if eligible is not None:
+        out[~eligible] = 0.0
+    return out
+
+
+def weighted_fusion(
+    dense: np.ndarray,
+    keyword: np.ndarray,
+    dense_weight: float = 0.5,
+    keyword_weight: float = 0.5,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weighted sum of the min-max normalised scores, divided by the weights' sum (0–1)."""
+    total = dense_weight + keyword_weight
+    if total <= 0:
+        raise ValueError("fusion weights must not both be zero")
+    fused = dense_weight * minmax(dense, eligible) + keyword_weight * minmax(keyword, eligible)
+    return fused / total
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each entry by descending score (ties share no rank: stable order)."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    return ranks
+
+
+def rrf_fusion(
+    dense: np.ndarray,
+    keyword: np.ndarray,
+    k: int = 60,
+    dense_weight: float = 1.0,
+    keyword_weight: float = 1.0,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Reciprocal rank fusion; a memory no keyword matched gets no keyword share."""
+    dense = np.asarray(dense, dtype=np.float64)
+    keyword = np.asarray(keyword, dtype=np.float64)
+    if eligible is not None:
+        dense = np.where(eligible, dense, -np.inf)
+        keyword = np.where(eligible, keyword, 0.0)
+    fused = dense_weight / (k + _ranks(dense))
+    fused += np.where(keyword > 0, keyword_weight / (k + _ranks(keyword)), 0.0)
+    if eligible is not None:
+        fused[~eligible] = 0.0
+    return fused.astype(np.float32)
+
+
+def fuse(
+    dense: np.ndarray,
+    keyword: np.ndarray,
+    params: RankingParams,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    if params.fusion == "rrf":
+        fused = rrf_fusion(
+            dense, keyword, params.rrf_k, params.dense_weight, params.keyword_weight, eligible
+        )
+        # Onto the 0–1 scale the tie tolerance and MMR expect.
+        return minmax(fused, eligible)
+    return weighted_fusion(
+        dense, keyword, params.dense_weight, params.keyword_weight, eligible
+    )
+
+
+def order_by_score(
+    scores: np.ndarray,
+    created_at: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
+    tie_tolerance: float = 0.005,
+) -> np.ndarray:
+    """Eligible positions by descending score; within ``tie_tolerance``, newer first."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positions = np.arange(len(scores)) if eligible is None else np.flatnonzero(eligible)
+    if positions.size == 0:
+        return positions
+    wanted = scores[positions]
+    if created_at is None or tie_tolerance <= 0:
+        return positions[np.argsort(-wanted, kind="stable")]
+    # Compare scores at the tolerance's resolution, then by time.
+    bucket = np.round(wanted / tie_tolerance)
+    newest = -np.asarray(created_at, dtype=np.float64)[positions]
+    return positions[np.lexsort((newest, -bucket))]
+
+
+def mmr_select(
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lambda_: float = 0.7,
+    similarity_floor: float = 0.6,
+) -> np.ndarray:
+    """Reorder ``candidates`` (best first) so near-duplicates do not fill the first ``k``.
+
+    Greedy maximal marginal relevance: each step takes the candidate maximising
+    ``λ·relevance − (1−λ)·redundancy``, where relevance is its score relative to the best
+    candidate's and redundancy is its highest cosine similarity to one already taken,
+    rescaled so that similarity at or below ``similarity_floor`` counts as none. Returns
+    all candidates: the chosen ``k`` first, the rest in their original order after them.
+    """
+    candidates = np.asarray(candidates)
+    if lambda_ >= 1.0 or len(candidates) <= 1 or k <= 1:
+        return candidates
+    relevance = np.asarray(scores, dtype=np.float64)[candidates]
+    top = relevance.max()
+    relevance = relevance / top if top > 0 else relevance
+    pool = np.asarray(vectors, dtype=np.float32)[candidates]
+    similarity = np.clip((pool @ pool.T - similarity_floor) / (1.0 - similarity_floor), 0, None)
+    chosen = [0]
+    redundancy = similarity[0].astype(np.float64)
+    left = np.ones(len(candidates), dtype=bool)
+    left[0] = False
+    while len(chosen) < min(k, len(candidates)):
+        gain = np.where(left, lambda_ * relevance - (1.0 - lambda_) * redundancy, -np.inf)
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        left[best] = False
+        redundancy = np.maximum(redundancy, similarity[best])
+    rest = np.flatnonzero(left)
+    return candidates[np.concatenate([np.asarray(chosen), rest])]
+
+
+def rank_memories(
+    dense: np.ndarray,
+    keyword: np.ndarray,
+    k: int,
+    params: RankingParams | None = None,
+    *,
+    created_at: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
+    superseded_by: Sequence[str | None] | None = None,
+) -> Ranked:
+    """The best ``k`` memories: fused, superseded ones out, recency on ties, then MMR.
+
+    ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
+    score; ``vectors`` (unit rows) enable the MMR pass.
+    """
+    params = params or RankingParams()
+    eligible = None
+    if superseded_by is not None:
+        eligible = eligible_mask(superseded_by, params.include_superseded)
+    fused = fuse(dense, keyword, params, eligible)
+    order = order_by_score(fused, created_at, eligible, params.tie_tolerance)
+    if vectors is not None and params.mmr_lambda < 1.0:
+        pool = order[: max(k, params.mmr_pool * k)]
+        order = mmr_select(
+            pool, fused, vectors, k, params.mmr_lambda, params.mmr_similarity_floor
+        )
+    top = order[:k]
+    return Ranked(top, fused[top])
