@@ -19,16 +19,19 @@ from starlette.routing import Route
 from proxy.api import MemoriesAPI
 from proxy.chat import ChatCompletions, ChatServices
 from proxy.config import Settings
+from proxy.db import database_path
 from proxy.embedding import Embedder, SentenceTransformerEmbedder
 from proxy.errors import MemoryUnavailable, ProxyError, error_body
 from proxy.extraction import Extractor
-from proxy.jobs import JobQueue
-from proxy.metrics import Metrics
+from proxy.health import readiness
+from proxy.job_queue import JobQueue
+from proxy.metrics import Metrics, render_job_metrics
 from proxy.passthrough import Passthrough
 from proxy.providers import load_litellm
 from proxy.retrieval import Retriever
 from proxy.store import ChromaStore, MemoryStore
 from proxy.upstream import HttpUpstream
+from proxy.workers import ExtractionWorkers
 
 log = logging.getLogger("memproxy")
 
@@ -47,6 +50,22 @@ async def _open_memory(
     return embedder, store
 
 
+async def _open_jobs(settings: Settings, extractor: Extractor | None) -> ExtractionWorkers | None:
+    """The durable job queue, opened even when the store is not: jobs wait, never get lost."""
+    if settings.extraction.mode == "off":
+        return None
+    try:
+        path = database_path(settings.data_dir)
+        queue = await anyio.to_thread.run_sync(JobQueue, path, settings.jobs)
+    except Exception as exc:
+        log.error("extraction jobs unavailable (%s: %s); exchanges will not be remembered",
+                  type(exc).__name__, exc)
+        return None
+    workers = ExtractionWorkers(queue, extractor, settings.jobs)
+    await workers.start()
+    return workers
+
+
 def create_app(
     settings: Settings,
     *,
@@ -62,31 +81,25 @@ def create_app(
         upstream = HttpUpstream(settings, upstream_transport)
         memory_error: str | None = None
         retriever: Retriever | None = None
-        jobs: JobQueue | None = None
+        extractor: Extractor | None = None
         opened_store: MemoryStore | None = None
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             opened_embedder, opened_store = await _open_memory(settings, embedder, store)
             retriever = Retriever(opened_embedder, opened_store, settings.retrieval)
-            if settings.extraction.mode != "off":
-                extractor = Extractor(settings, opened_embedder, opened_store)
-                jobs = JobQueue(extractor.process, settings.extraction.queue_size)
-                jobs.start()
+            extractor = Extractor(settings, opened_embedder, opened_store)
         except Exception as exc:
             # Fail open: chats still flow, marked X-Memory-Status: degraded.
             memory_error = f"{type(exc).__name__}: {exc}"
             log.error("memory layer unavailable, proxying without memory: %s", memory_error)
+        jobs = await _open_jobs(settings, extractor)
         if settings.extraction.mode == "llm" or settings.models:
             # Import litellm now, off the loop, so the first call that needs it is not slow.
             asyncio.get_running_loop().run_in_executor(None, load_litellm)
         if settings.admin_key is None:
             log.warning("no admin key set: the memory API answers loopback clients only")
-        if jobs is not None:
-            queue = jobs
-            metrics.gauges["memproxy_jobs_queued"] = lambda: float(queue.pending)
-            metrics.gauges["memproxy_jobs_processed"] = lambda: float(queue.processed)
-            metrics.gauges["memproxy_jobs_failed"] = lambda: float(queue.failed)
         services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
+        services.store = opened_store
         app.state.services = services
         app.state.chat = ChatCompletions(services)
         app.state.passthrough = Passthrough(upstream)
@@ -96,7 +109,8 @@ def create_app(
             yield
         finally:
             if jobs is not None:
-                await jobs.stop(settings.extraction.shutdown_grace_seconds)
+                await jobs.stop(settings.jobs.shutdown_grace_seconds)
+                jobs.queue.close()
             await upstream.aclose()
             if opened_store is not None and store is None:
                 opened_store.close()
@@ -120,17 +134,16 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        services: ChatServices = request.app.state.services
-        checks = {
-            "memory": services.memory_error is None,
-            "worker": services.jobs is None or services.jobs.running,
-        }
+        checks = await readiness(request.app.state.services)
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
         services: ChatServices = request.app.state.services
-        return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
+        text = services.metrics.render()
+        if services.jobs is not None:
+            text += render_job_metrics(await services.jobs.stats(), services.jobs.counts)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     routes = [

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import httpx
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,13 +19,15 @@ from proxy.config import Settings
 from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
 from proxy.identity import Identity, resolve_identity
 from proxy.injection import inject_memory_block, render_memory_block
-from proxy.jobs import ExtractionJob, JobQueue
+from proxy.jobs import ExtractionJob
 from proxy.metrics import Metrics
 from proxy.providers import complete_via_litellm, open_litellm_stream
 from proxy.responses import RelayResponse
 from proxy.retrieval import Retriever, build_query, message_text
 from proxy.sse import ChatStreamAssembler
+from proxy.store import MemoryStore
 from proxy.upstream import HttpUpstream, iter_raw, response_headers, translate_transport_error
+from proxy.workers import ExtractionWorkers
 
 log = logging.getLogger("memproxy.chat")
 
@@ -37,9 +40,10 @@ class ChatServices:
     settings: Settings
     upstream: HttpUpstream
     retriever: Retriever | None
-    jobs: JobQueue | None
+    jobs: ExtractionWorkers | None
     metrics: Metrics
     memory_error: str | None = None  # the memory layer could not be opened
+    store: MemoryStore | None = None
 
 
 @dataclass
@@ -128,7 +132,7 @@ class ChatCompletions:
         self.s.metrics.memory_status[outcome.status] += 1
         if outcome.messages is not None:
             forwarded = {**body, "messages": outcome.messages}
-            raw = json.dumps(forwarded, ensure_ascii=False, separators=(",", ":")).encode()
+            raw = _dump_json(forwarded)
         else:
             forwarded = body
         finish = self._finisher(request, identity, body)
@@ -146,8 +150,10 @@ class ChatCompletions:
                                              else None),
                 )
             result = await complete_via_litellm(forwarded, route)
-            await finish(assistant_text_of(json.dumps(result).encode()))
-            return JSONResponse(result, headers=dict(outcome.headers()))
+            return JSONResponse(
+                result, headers=dict(outcome.headers()),
+                background=BackgroundTask(finish, assistant_text_of(json.dumps(result).encode())),
+            )
         return await self._forward_http(request, raw, body, outcome, finish)
 
     async def _forward_http(
@@ -174,9 +180,11 @@ class ChatCompletions:
                 raise translate_transport_error(exc) from exc
             finally:
                 await response.aclose()
-            if response.is_success:
-                await finish(assistant_text_of(content))
-            return _raw_response(content, response.status_code, headers)
+            # Enqueued once the response is sent: the client never waits for the job row.
+            background = (
+                BackgroundTask(finish, assistant_text_of(content)) if response.is_success else None
+            )
+            return _raw_response(content, response.status_code, headers, background)
         assembler = ChatStreamAssembler()
 
         async def on_finish(completed: bool) -> None:
@@ -228,22 +236,35 @@ class ChatCompletions:
         user_texts = new_user_turn(body["messages"])
 
         async def finish(assistant_text: str | None) -> None:
-            if jobs is None or assistant_text is None or not identity.writes or not user_texts:
+            """After a successful response: enqueue the exchange (durable, off the hot path)."""
+            if jobs is None or assistant_text is None:
                 return
-            jobs.submit(
-                ExtractionJob(
-                    identity=identity, user_texts=user_texts, assistant_text=assistant_text,
-                    model=str(body.get("model", "")), api_key=api_key,
-                )
+            await jobs.saw_caller(identity, api_key)  # may wake this user's parked jobs
+            if not identity.writes or not user_texts:
+                return
+            job = ExtractionJob(
+                identity=identity, user_texts=user_texts, assistant_text=assistant_text,
+                model=str(body.get("model", "")),
             )
+            await jobs.submit(job, api_key, body["messages"])
 
         return finish
 
 
 
-def _raw_response(content: bytes, status: int, headers: list[tuple[str, str]]) -> Response:
+def _dump_json(body: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON, not valid UTF-8
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _raw_response(
+    content: bytes, status: int, headers: list[tuple[str, str]],
+    background: BackgroundTask | None = None,
+) -> Response:
     """A response carrying the upstream's headers as a list: repeated ones (set-cookie) stay."""
-    response = Response(content, status_code=status)
+    response = Response(content, status_code=status, background=background)
     response.raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
     ] + [(b"content-length", str(len(content)).encode())]

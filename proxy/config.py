@@ -95,9 +95,22 @@ class ExtractionSettings(_Section):
     api_base: str = ""
     max_facts: int = 10
     duplicate_threshold: float = 0.92
-    queue_size: int = 10_000
     timeout: float = 120.0
-    shutdown_grace_seconds: float = 10.0
+
+
+class JobSettings(_Section):
+    """Durable extraction jobs (SQLite under data_dir)."""
+
+    workers: int = Field(default=4, ge=1)  # jobs of different users run concurrently
+    max_attempts: int = Field(default=8, ge=1)  # then dead-lettered, the last error kept
+    retry_base_seconds: float = 5.0  # backoff: base * 2^(attempt-1), capped
+    retry_max_seconds: float = 600.0
+    lease_seconds: float = Field(default=60.0, gt=0)  # renewed while a job runs
+    poll_seconds: float = Field(default=1.0, gt=0)  # idle workers look for due retries
+    dedupe_window_seconds: float = 86_400.0  # the same exchange again within it: no new job
+    keep_done_seconds: float = 604_800.0  # finished jobs kept (for `memproxy jobs list`)
+    key_wait_seconds: float = 604_800.0  # a job waiting for its caller's key, then dead
+    shutdown_grace_seconds: float = 10.0  # in-flight jobs may finish; the rest stay claimable
 
 
 class ModelRoute(_Section):
@@ -119,6 +132,7 @@ class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     models: dict[str, ModelRoute] = Field(default_factory=dict)
 
     @property

@@ -11,8 +11,43 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+DATABASE_FILENAME = "memproxy.sqlite"
+
+# Extraction jobs (proxy/jobs.py). One row per finished exchange; no API key, ever.
+_JOBS = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    exchange_hash TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    user_texts TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    model TEXT NOT NULL,
+    has_caller_key INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued'
+        CHECK (state IN ('queued', 'running', 'waiting_key', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT,
+    result TEXT,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX jobs_by_state ON jobs (state, run_after, id);
+CREATE INDEX jobs_by_owner ON jobs (owner, state, id);
+CREATE INDEX jobs_by_exchange ON jobs (exchange_hash, created_at);
+"""
+
 # (name, SQL script). Append only.
-MIGRATIONS: tuple[tuple[str, str], ...] = ()
+MIGRATIONS: tuple[tuple[str, str], ...] = (("0001_jobs", _JOBS),)
+
+
+def database_path(data_dir: Path) -> Path:
+    """The one SQLite file of a data dir (jobs, and the tables later migrations add)."""
+    return data_dir / DATABASE_FILENAME
 
 
 def connect(path: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -41,6 +76,11 @@ def migrate(
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Checked under the write lock: another process (the CLI, a second replica) may
+            # have applied it since we looked.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(

@@ -1,15 +1,19 @@
-"""Turning a finished exchange into stored memories.
+"""Turning a finished exchange into stored memories, in two steps a job can replay.
 
-``raw`` stores the user's own new messages verbatim; ``llm`` asks a model (structured
-output) for atomic facts about the user. Either way, facts that duplicate what the user
-already has (same normalised text, or cosine ≥ ``duplicate_threshold``) are skipped.
+``extract``: ``raw`` takes the user's own new messages verbatim; ``llm`` asks a model
+(structured output) for atomic facts about the user. The worker saves the result in the job.
+``apply``: facts that duplicate what the user already has (same normalised text, or cosine ≥
+``duplicate_threshold``) are skipped; the rest are stored under ids derived from the job, so
+applying the same result twice (a replay after a crash) stores nothing new.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import uuid
 from typing import Any
 
 import anyio
@@ -18,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from proxy.config import ModelRoute, Settings
 from proxy.embedding import Embedder
-from proxy.jobs import ExtractionJob
+from proxy.jobs import ExtractionJob, ExtractionResult
 from proxy.prompts import EXTRACTION_SYSTEM, FACTS_SCHEMA, extraction_user_prompt
 from proxy.providers import litellm_module, translate_litellm_error
 from proxy.store import Memory, MemoryStore
@@ -52,6 +56,14 @@ def parse_facts(content: str) -> list[str]:
     raise ExtractionFailed(f"model returned no valid facts JSON: {content[:200]!r}")
 
 
+def memory_id(job: ExtractionJob, normalised_fact: str) -> str:
+    """Stable for one job's fact (a replay writes the same id); random without a job hash."""
+    if not job.exchange_hash:
+        return uuid.uuid4().hex
+    seed = f"{job.exchange_hash}\0{job.created_at!r}\0{normalised_fact}"
+    return hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 class Extractor:
     def __init__(self, settings: Settings, embedder: Embedder, store: MemoryStore):
         self._settings = settings
@@ -59,21 +71,41 @@ class Extractor:
         self._store = store
 
     async def process(self, job: ExtractionJob) -> list[Memory]:
+        """Extract and apply in one go (no job row in between)."""
+        return await self.apply(job, await self.extract(job))
+
+    async def extract(self, job: ExtractionJob) -> ExtractionResult:
         mode = self._settings.extraction.mode
         user_id = job.identity.user_id
-        if mode == "off" or user_id is None:
-            return []
         texts = [t.strip() for t in job.user_texts if t.strip()]
-        if not texts:
-            return []
+        if mode == "off" or user_id is None or not texts:
+            return ExtractionResult([], mode)
         if mode == "raw":
-            facts, source = texts, "raw"
-        else:
-            known = await anyio.to_thread.run_sync(self._related_known, user_id, texts)
-            facts, source = await self._ask_model(job, texts, known), "llm"
+            return ExtractionResult(texts, "raw")
+        known = await anyio.to_thread.run_sync(self._related_known, user_id, texts)
+        facts = await self._ask_model(job, texts, known)
         facts = [f.strip() for f in facts if isinstance(f, str) and f.strip()]
-        facts = facts[: self._settings.extraction.max_facts if source == "llm" else None]
-        return await anyio.to_thread.run_sync(self._store_new, job, facts, source)
+        return ExtractionResult(facts[: self._settings.extraction.max_facts], "llm")
+
+    async def apply(self, job: ExtractionJob, result: ExtractionResult) -> list[Memory]:
+        if job.identity.user_id is None or not result.facts:
+            return []
+        return await anyio.to_thread.run_sync(
+            self._store_new, job, result.facts, result.source
+        )
+
+    def needs_caller_key(self, job: ExtractionJob) -> bool:
+        """Whether the job's model call needs the caller's key (not configured, not ours)."""
+        if self._settings.extraction.mode != "llm":
+            return False
+        route = self._route(job)
+        return route.api_key is None and self._upstream_key(route) is None
+
+    def _upstream_key(self, route: ModelRoute) -> str | None:
+        own = self._settings.upstream.api_key
+        if own is not None and route.api_base == self._settings.upstream_base:
+            return own.get_secret_value()
+        return None
 
     def _related_known(self, user_id: str, texts: list[str]) -> list[str]:
         vector = self._embedder.embed(["\n".join(texts)[-2000:]])[0]
@@ -104,9 +136,9 @@ class Extractor:
             kept_rows.append(row)
             kept.append(
                 Memory(
-                    user_id=user_id, text=fact, created_at=job.created_at,
-                    agent_id=job.identity.agent_id, session_id=job.identity.session_id,
-                    source=source,
+                    user_id=user_id, text=fact, id=memory_id(job, key),
+                    created_at=job.created_at, agent_id=job.identity.agent_id,
+                    session_id=job.identity.session_id, source=source,
                 )
             )
         self._store.add(kept, vectors[kept_rows] if kept_rows else vectors[:0])
@@ -130,7 +162,9 @@ class Extractor:
 
     async def _ask_model(self, job: ExtractionJob, texts: list[str], known: list[str]) -> list[str]:
         route = self._route(job)
-        api_key = route.api_key.get_secret_value() if route.api_key else job.api_key
+        api_key = (
+            route.api_key.get_secret_value() if route.api_key else job.api_key
+        ) or self._upstream_key(route)
         messages = [
             {"role": "system", "content": EXTRACTION_SYSTEM},
             {

@@ -1,21 +1,65 @@
-"""Background work: extraction jobs queued after a response completes.
+"""An extraction job: one finished exchange whose facts are still to be stored.
 
-In-process for now: jobs live in an asyncio queue and are processed by one worker task,
-so one user's jobs apply in order. A caller's API key travels inside the job object only
-(memory, never disk or logs).
+What a job holds is what the durable queue (proxy/job_queue.py) stores — except the caller's
+API key, which lives in process memory only (proxy/workers.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import dataclasses
+import hashlib
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.identity import Identity
 
-log = logging.getLogger("memproxy.jobs")
+STATES = ("queued", "running", "waiting_key", "done", "dead")
+UNFINISHED = ("queued", "running", "waiting_key")
+# Identity fields that say whose memory it is (tenant fields included as they appear);
+# the rest say how the user talked to us.
+_NOT_OWNER = ("agent_id", "session_id", "mode")
+
+
+def owner_of(identity: Identity) -> str:
+    """The memory owner's key: jobs with the same owner are applied in order."""
+    owned = {k: v for k, v in dataclasses.asdict(identity).items() if k not in _NOT_OWNER}
+    return json.dumps(owned, sort_keys=True, ensure_ascii=False)
+
+
+def exchange_hash(identity: Identity, messages: Sequence[Any]) -> str:
+    """Same owner and agent, same conversation (system prompts aside): the same exchange.
+
+    A client's retry and a regenerated answer send the same messages; the system prompt is
+    left out because frontends put the current time in it.
+    """
+    conversation = [
+        m for m in messages
+        if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))
+    ]
+    payload = json.dumps(
+        [owner_of(identity), identity.agent_id, conversation],
+        sort_keys=True, ensure_ascii=False, default=str,
+    )
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass
+class ExtractionResult:
+    """What extraction produced, saved before it is applied."""
+
+    facts: list[str]
+    source: str  # raw | llm
+
+    def to_json(self) -> str:
+        return json.dumps({"facts": self.facts, "source": self.source}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExtractionResult:
+        data = json.loads(text)
+        return cls([str(f) for f in data["facts"]], str(data["source"]))
 
 
 @dataclass
@@ -24,65 +68,50 @@ class ExtractionJob:
     user_texts: list[str]
     assistant_text: str
     model: str
-    api_key: str | None = field(default=None, repr=False)
+    # Memory only: set by the worker from the in-process key map, never stored.
+    api_key: str | None = field(default=None, repr=False, compare=False)
     created_at: float = field(default_factory=time.time)
-
-
-class JobQueue:
-    def __init__(self, handler: Callable[[ExtractionJob], Awaitable[object]], maxsize: int):
-        self._handler = handler
-        self._queue: asyncio.Queue[ExtractionJob] = asyncio.Queue(maxsize=maxsize)
-        self._task: asyncio.Task[None] | None = None
-        self.processed = 0
-        self.failed = 0
-        self.dropped = 0
+    exchange_hash: str = ""
+    has_caller_key: bool = False  # the request carried a key (whether it is still known)
+    id: int | None = None
+    attempts: int = 0
+    result: ExtractionResult | None = None
 
     @property
-    def pending(self) -> int:
-        return self._queue.qsize()
+    def owner(self) -> str:
+        return owner_of(self.identity)
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
 
-    def submit(self, job: ExtractionJob) -> bool:
-        try:
-            self._queue.put_nowait(job)
-            return True
-        except asyncio.QueueFull:
-            self.dropped += 1
-            log.warning("extraction queue full; job for one user dropped")
-            return False
+@dataclass
+class JobRow:
+    """A job as `memproxy jobs list` shows it."""
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="memproxy-extraction")
+    id: int
+    state: str
+    user_id: str | None
+    attempts: int
+    created_at: float
+    run_after: float
+    finished_at: float | None
+    last_error: str | None
+    facts: int | None  # how many facts the saved result holds
 
-    async def _run(self) -> None:
-        while True:
-            job = await self._queue.get()
-            try:
-                await self._handler(job)
-                self.processed += 1
-            except Exception as exc:
-                self.failed += 1
-                log.warning("extraction job failed: %s: %s", type(exc).__name__, exc)
-            finally:
-                self._queue.task_done()
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    async def join(self) -> None:
-        """Wait until every queued job has been handled (tests, shutdown)."""
-        await self._queue.join()
 
-    async def stop(self, grace_seconds: float) -> None:
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout=grace_seconds)
-        except asyncio.TimeoutError:
-            log.warning("shutdown: %d extraction jobs not processed", self._queue.qsize())
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
+@dataclass
+class JobStats:
+    queued: int = 0  # waiting for a first attempt
+    failed: int = 0  # queued again after a failed attempt (backing off)
+    running: int = 0
+    waiting_key: int = 0
+    dead: int = 0
+    done: int = 0
+    lag_seconds: float = 0.0  # age of the oldest unfinished job
+
+
+def identity_from_json(text: str) -> Identity:
+    data = json.loads(text)
+    known = {f.name for f in dataclasses.fields(Identity)}
+    return Identity(**{k: v for k, v in data.items() if k in known})

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from proxy.jobs import JobStats
+
+JOB_EVENTS = (
+    "enqueued", "duplicates", "enqueue_failures", "completed", "attempt_failures", "dead",
+    "parked",
+)
 
 
 class Metrics:
@@ -39,3 +46,27 @@ class Metrics:
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(lines) + "\n"
+
+
+def render_job_metrics(stats: JobStats | None, counts: Mapping[str, int]) -> str:
+    """The jobs section: rows by state (disjoint), lag, and this process's event counters."""
+    lines = [f"memproxy_jobs_up {0 if stats is None else 1}"]
+    if stats is not None:
+        lines += [
+            "# HELP memproxy_jobs Extraction jobs by state (failed: queued again after an error).",
+            "# TYPE memproxy_jobs gauge",
+        ]
+        for state in ("queued", "failed", "running", "waiting_key", "dead", "done"):
+            lines.append(f'memproxy_jobs{{state="{state}"}} {getattr(stats, state)}')
+        lines += [
+            "# HELP memproxy_jobs_lag_seconds Age of the oldest unfinished job.",
+            "# TYPE memproxy_jobs_lag_seconds gauge",
+            f"memproxy_jobs_lag_seconds {stats.lag_seconds:.3f}",
+        ]
+    lines += [
+        "# HELP memproxy_job_events_total Job events in this process.",
+        "# TYPE memproxy_job_events_total counter",
+    ]
+    for event in JOB_EVENTS:
+        lines.append(f'memproxy_job_events_total{{event="{event}"}} {counts.get(event, 0)}')
+    return "\n".join(lines) + "\n"

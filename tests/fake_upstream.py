@@ -156,6 +156,7 @@ class FakeUpstream:
         self.stream_chunks = 5
         self.chunk_delay = 0.0
         self.response_delay = 0.0
+        self.extraction_delay = 0.0  # extra delay for structured (extraction) calls only
         # Set when a stream is abandoned mid-way, i.e. the client disconnected.
         self.stream_cancelled = threading.Event()
         self.requests: list[RecordedRequest] = []
@@ -241,6 +242,11 @@ class FakeUpstream:
 
         if self.response_delay:
             await asyncio.sleep(self.response_delay)
+        if self.extraction_delay and recorded.is_extraction:
+            # Setting the knob back to 0 releases calls already waiting.
+            deadline = time.monotonic() + self.extraction_delay
+            while self.extraction_delay and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
         error = self._pop(self.errors)
         if error is not None:
             status, error_json, headers = error

@@ -109,6 +109,6 @@ def reset(upstream: FakeUpstream) -> FakeUpstream:
     upstream.replies.clear()
     upstream.structured_replies.clear()
     upstream.errors.clear()
-    upstream.chunk_delay = upstream.response_delay = 0.0
+    upstream.chunk_delay = upstream.response_delay = upstream.extraction_delay = 0.0
     upstream.stream_chunks = 5
     return upstream

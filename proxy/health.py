@@ -1,0 +1,42 @@
+"""Readiness (/readyz): can the memory layer serve right now?
+
+Chats are forwarded either way (fail open); readiness tells an operator or a load balancer
+that memories are currently not being read or written.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from proxy.chat import ChatServices
+
+PROBE_USER = "memproxy-readiness-probe"
+PROBE_TIMEOUT_SECONDS = 1.0
+
+
+async def _answers(fn: object, *args: object) -> bool:
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
+            await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return True
+
+
+async def readiness(services: ChatServices) -> dict[str, bool]:
+    """memory: the store opened and answers; jobs: the job database answers; worker: the
+    extraction workers run. With extraction off, jobs and worker are not needed."""
+    store = services.store
+    memory = (
+        services.memory_error is None
+        and store is not None
+        and await _answers(store.count_user, PROBE_USER)
+    )
+    if services.settings.extraction.mode == "off":
+        return {"memory": memory, "jobs": True, "worker": True}
+    jobs = services.jobs
+    return {
+        "memory": memory,
+        "jobs": jobs is not None and await _answers(jobs.queue.ping),
+        "worker": jobs is not None and jobs.running,
+    }

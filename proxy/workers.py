@@ -1,0 +1,300 @@
+"""Extraction workers: claim durable jobs (proxy/jobs.py) and run them, with the callers' keys
+held in process memory only.
+
+Workers run on the event loop; every SQLite call goes to a thread. A job that needs the
+caller's key but finds none (the process that took the request is gone) is parked until the
+user's next request brings one. On shutdown, in-flight jobs get ``shutdown_grace_seconds``
+to finish; the rest are released, claimable at once by the next process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from proxy.config import JobSettings
+from proxy.identity import Identity
+from proxy.job_queue import JobQueue
+from proxy.jobs import ExtractionJob, ExtractionResult, JobStats, exchange_hash, owner_of
+
+log = logging.getLogger("memproxy.jobs")
+
+MAINTENANCE_SECONDS = 60.0
+
+
+class JobHandler(Protocol):
+    """What a worker does with a job (proxy.extraction.Extractor; fakes in tests)."""
+
+    def needs_caller_key(self, job: ExtractionJob) -> bool: ...
+
+    async def extract(self, job: ExtractionJob) -> ExtractionResult: ...
+
+    async def apply(self, job: ExtractionJob, result: ExtractionResult) -> object: ...
+
+
+class CallerKeys:
+    """Callers' API keys in process memory: by job, and each owner's latest. Never persisted."""
+
+    def __init__(self, max_owners: int = 100_000):
+        self._by_job: dict[int, str] = {}
+        self._by_owner: OrderedDict[str, str] = OrderedDict()
+        self._max_owners = max_owners
+
+    def remember(self, owner: str, key: str, job_id: int | None = None) -> None:
+        self._by_owner[owner] = key
+        self._by_owner.move_to_end(owner)
+        while len(self._by_owner) > self._max_owners:
+            self._by_owner.popitem(last=False)
+        if job_id is not None:
+            self._by_job[job_id] = key
+
+    def key_for(self, job_id: int | None, owner: str) -> str | None:
+        if job_id is not None and job_id in self._by_job:
+            return self._by_job[job_id]
+        return self._by_owner.get(owner)
+
+    def forget(self, job_id: int | None) -> None:
+        if job_id is not None:
+            self._by_job.pop(job_id, None)
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def process_token() -> str:
+    """Who holds a lease: host, pid and a per-start nonce (a container restart reuses pids)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_is_stale(holder: str, me: str) -> bool:
+    """A lease held by a process on this host that no longer exists (killed, crashed)."""
+    host, _, rest = holder.partition(":")
+    pid_text, _, nonce = rest.partition(":")
+    my_host, my_pid, my_nonce = me.split(":")
+    if host != my_host or not pid_text.isdigit():
+        return False  # another host: only the lease expiry can tell
+    if int(pid_text) == int(my_pid):
+        return nonce != my_nonce  # our pid, an earlier life
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class ExtractionWorkers:
+    """Submits jobs (the chat side) and runs them (``settings.workers`` concurrent tasks).
+
+    ``handler`` None: jobs are still stored (nothing is lost) but not run — the memory store
+    could not be opened; a restart with a working store picks them up.
+    """
+
+    def __init__(self, queue: JobQueue, handler: JobHandler | None, settings: JobSettings):
+        self.queue = queue
+        self._handler = handler
+        self._settings = settings
+        self.keys = CallerKeys()
+        self.token = process_token()
+        self.counts: Counter[str] = Counter()
+        self.db_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._waiting_owners: set[str] = set()
+        self._in_flight: dict[int, ExtractionJob] = {}
+
+    async def _db(self, fn: Any, *args: Any) -> Any:
+        try:
+            out = await anyio.to_thread.run_sync(fn, *args)
+        except Exception as exc:
+            self.db_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.db_error = None
+        return out
+
+    # -- the chat side ----------------------------------------------------------------------
+    async def saw_caller(self, identity: Identity, api_key: str | None) -> None:
+        """A successful request: keep its key in memory, wake the owner's parked jobs."""
+        if api_key is None or identity.user_id is None:
+            return
+        owner = owner_of(identity)
+        self.keys.remember(owner, api_key)
+        if owner in self._waiting_owners:
+            self._waiting_owners.discard(owner)
+            try:
+                if await self._db(self.queue.wake, owner):
+                    self._wake.set()
+            except Exception as exc:
+                log.warning("could not wake parked jobs: %s", type(exc).__name__)
+
+    async def submit(
+        self, job: ExtractionJob, api_key: str | None, conversation: Sequence[Any] = ()
+    ) -> int | None:
+        """Store a job durably; returns its id, or None (a duplicate, or the database failed)."""
+        job.has_caller_key = api_key is not None
+
+        def enqueue() -> int | None:
+            if conversation and not job.exchange_hash:
+                job.exchange_hash = exchange_hash(job.identity, conversation)
+            return self.queue.enqueue(job)
+
+        try:
+            job_id: int | None = await self._db(enqueue)
+        except Exception as exc:
+            # The chat already succeeded; losing this one exchange's facts is logged, counted.
+            self.counts["enqueue_failures"] += 1
+            log.error("could not store an extraction job: %s", redact(str(exc), api_key))
+            return None
+        if job_id is None:
+            self.counts["duplicates"] += 1
+            return None
+        self.counts["enqueued"] += 1
+        if api_key is not None:
+            self.keys.remember(job.owner, api_key, job_id)
+        self._wake.set()
+        return job_id
+
+    async def stats(self) -> JobStats | None:
+        """Counts by state for /metrics; None when the database cannot be read."""
+        try:
+            stats: JobStats = await self._db(self.queue.stats)
+        except Exception as exc:
+            log.warning("cannot read job stats: %s", exc)
+            return None
+        return stats
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopping and all(
+            not task.done() for task in self._tasks
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.db_error is None
+
+    async def start(self) -> None:
+        if self._handler is None:
+            return
+        released = await self._db(
+            self.queue.release_stale_leases, lambda holder: lease_is_stale(holder, self.token)
+        )
+        if released:
+            log.warning("requeued %d jobs left running by a process that is gone", released)
+        self._waiting_owners = await self._db(self.queue.waiting_owners)
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"memproxy-extraction-{n}")
+            for n in range(self._settings.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._maintain(), name="memproxy-jobs-maintenance"))
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Finish in-flight jobs within the grace period; release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+        if self._in_flight:
+            log.warning("shutdown: %d extraction jobs unfinished after %.1fs, released",
+                        len(self._in_flight), grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks = []
+
+    async def _maintain(self) -> None:
+        while not self._stopping:
+            try:
+                await self._db(self.queue.maintain)
+                self._waiting_owners |= await self._db(self.queue.waiting_owners)
+            except Exception as exc:
+                log.warning("jobs maintenance failed: %s", exc)
+            await self._sleep(MAINTENANCE_SECONDS)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until woken (a new job, shutdown) or ``seconds`` passed."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _claim(self) -> ExtractionJob | None:
+        job: ExtractionJob | None = await self._db(self.queue.claim, self.token)
+        return job
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            try:
+                job = await self._claim()
+                if job is None:
+                    self._wake.clear()
+                    job = await self._claim()  # a job that came in before the clear
+                if job is None:
+                    await self._sleep(self._settings.poll_seconds)
+                    continue
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database failed; keep the worker alive
+                log.warning("extraction worker: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(self._settings.poll_seconds)
+
+    async def _run(self, job: ExtractionJob) -> None:
+        assert self._handler is not None and job.id is not None
+        handler, job_id = self._handler, job.id
+        job.api_key = self.keys.key_for(job_id, job.owner)
+        if job.api_key is None and job.has_caller_key and handler.needs_caller_key(job):
+            await self._db(self.queue.park, job_id, self.token)
+            self._waiting_owners.add(job.owner)
+            self.counts["parked"] += 1
+            log.info("job %d waits for its user's next request (the caller's key is gone)",
+                     job_id)
+            return
+        self._in_flight[job_id] = job
+        heartbeat = asyncio.create_task(self._heartbeat(job_id))
+        try:
+            result = job.result
+            if result is None:
+                result = await handler.extract(job)
+                # Saved before it is applied: a replay applies these same facts.
+                await self._db(self.queue.save_result, job_id, self.token, result)
+            await handler.apply(job, result)
+        except asyncio.CancelledError:
+            # Shutdown: give the job back at once (blocking is fine while stopping).
+            self.queue.release(job_id, self.token)
+            raise
+        except Exception as exc:
+            error = redact(f"{type(exc).__name__}: {exc}", job.api_key)
+            state = await self._db(self.queue.fail, job_id, self.token, job.attempts, error)
+            self.counts["dead" if state == "dead" else "attempt_failures"] += 1
+            log.warning("extraction job %d attempt %d failed (%s): %s",
+                        job_id, job.attempts, state, error)
+        else:
+            if not await self._db(self.queue.complete, job_id, self.token):
+                log.warning("job %d finished after its lease was lost", job_id)
+            self.counts["completed"] += 1
+            self.keys.forget(job_id)
+        finally:
+            heartbeat.cancel()
+            self._in_flight.pop(job_id, None)
+
+    async def _heartbeat(self, job_id: int) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await self._db(self.queue.renew, job_id, self.token)
+            except Exception as exc:
+                log.warning("could not renew the lease of job %d: %s", job_id, exc)
