@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.config import ConfigError, Settings, load_settings
+from proxy.jobs_cli import add_jobs_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_memories_list)
+    add_jobs_commands(commands)
     return parser
 
 

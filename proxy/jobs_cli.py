@@ -1,0 +1,102 @@
+"""``memproxy jobs list|retry|purge``: the extraction job queue, read and repaired in place.
+
+Works on ``<data_dir>/memproxy.sqlite`` directly, so it needs no running server (and is safe
+next to one: SQLite in WAL mode with a busy timeout). A running server picks up retried jobs
+within ``jobs.poll_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from proxy.config import ConfigError, load_settings
+from proxy.db import database_path
+from proxy.job_queue import JobQueue
+from proxy.jobs import STATES
+
+
+def _queue(args: argparse.Namespace) -> JobQueue | None:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"memproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    path = database_path(settings.data_dir)
+    if not path.exists():
+        print(f"no jobs: {path} does not exist yet", file=sys.stderr)
+        return None
+    return JobQueue(path, settings.jobs)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
+
+
+def _list(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    rows = queue.list(args.state or (), args.user, args.limit) if queue else []
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no jobs")
+        return 0
+    print(f"{'id':>7} {'state':<11} {'tries':>5} {'created (UTC)':<19} {'next/finished':<19}"
+          f" {'facts':>5} user / last error")
+    for row in rows:
+        moment = row.finished_at if row.state in ("done", "dead") else row.run_after
+        facts = "-" if row.facts is None else str(row.facts)
+        error = f"  [{row.last_error}]" if row.last_error else ""
+        print(f"{row.id:>7} {row.state:<11} {row.attempts:>5} {_when(row.created_at):<19}"
+              f" {_when(moment):<19} {facts:>5} {row.user_id}{error}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    if not args.ids and not args.dead:
+        print("memproxy: name job ids, or --dead for every dead job", file=sys.stderr)
+        return 2
+    queue = _queue(args)
+    count = queue.retry(args.ids, all_dead=args.dead) if queue else 0
+    print(f"{count} job{'s' if count != 1 else ''} queued again")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    count = queue.purge(args.state or ["done"], args.older_than) if queue else 0
+    print(f"{count} job{'s' if count != 1 else ''} deleted")
+    return 0
+
+
+def add_jobs_commands(commands: Any) -> None:
+    """Register ``jobs`` on the top-level parser's subcommands."""
+    jobs = commands.add_parser("jobs", help="inspect and repair the extraction job queue")
+    sub = jobs.add_subparsers(dest="jobs_command", required=True)
+
+    def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        parser.add_argument("--config", default=argparse.SUPPRESS, help="path to config.yaml")
+        parser.set_defaults(func=func)
+        return parser
+
+    listing = command("list", "list jobs, newest first", _list)
+    listing.add_argument("--state", action="append", choices=STATES,
+                         help="only jobs in this state (repeatable)")
+    listing.add_argument("--user", help="only this user's jobs")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    retry = command("retry", "queue dead (or waiting) jobs again, attempts reset", _retry)
+    retry.add_argument("ids", nargs="*", type=int, help="job ids")
+    retry.add_argument("--dead", action="store_true", help="every dead job")
+
+    purge = command("purge", "delete finished jobs", _purge)
+    purge.add_argument("--state", action="append", choices=("done", "dead"),
+                       help="which finished jobs (repeatable; default: done)")
+    purge.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS",
+                       help="only jobs finished at least this long ago")
