@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,10 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import HashingEmbedder, wait_until
 from fake_upstream import FakeUpstream
-from http_checks import forwarded_chats, injected_positions, sdk
+from http_checks import CHAT_PATH, closed_port, forwarded_chats, injected_positions, sdk
 
 from proxy.config import Settings
+from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
 from proxy.store import Memory, ScoredMemory
 
@@ -107,7 +111,8 @@ def test_unusable_data_dir_degrades_and_readiness_says_so(
     assert raw.parse().choices[0].message.content == "echo: hello"
     assert httpx.get(proxy.base_url + "/healthz").status_code == 200
     ready = httpx.get(proxy.base_url + "/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["memory"] is False
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"memory": False, "jobs": False, "worker": False}
 
 
 def test_memory_api_with_a_failing_store_is_a_503_not_a_500(
@@ -117,3 +122,92 @@ def test_memory_api_with_a_failing_store_is_a_503_not_a_500(
     response = httpx.get(proxy.base_url + "/v1/memories", params={"user_id": "u"})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "memory_unavailable"
+
+
+class BrokenEmbedder(HashingEmbedder):
+    """An Embedder that raises, or is slow (``delay``) before answering."""
+
+    def __init__(self, error: Exception | None = None, delay: float = 0.0) -> None:
+        self.error = error
+        self.delay = delay
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return super().embed(texts)
+
+
+def test_raising_embedder_degrades_the_chat_and_its_job_is_dead_lettered(
+    settings: Settings, caplog: pytest.LogCaptureFixture, start_proxy
+) -> None:
+    settings.jobs.max_attempts = 2
+    settings.jobs.retry_base_seconds = 0.01
+    settings.jobs.poll_seconds = 0.05
+    proxy = start_proxy(settings, embedder=BrokenEmbedder(RuntimeError("embedder exploded")))
+    raw = sdk(proxy.base_url + "/v1").chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "I grow chillies"}],
+        extra_headers={"X-User-Id": "eve"},
+    )
+    assert raw.status_code == 200 and raw.headers["x-memory-status"] == "degraded"
+    assert raw.parse().choices[0].message.content == "echo: I grow chillies"
+
+    def metrics() -> str:
+        return httpx.get(proxy.base_url + "/metrics").text
+
+    wait_until(lambda: 'memproxy_jobs{state="dead"} 1' in metrics(), timeout=10)
+    assert 'memproxy_memory_failures_total{reason="RuntimeError"} 1' in metrics()
+    with sqlite3.connect(database_path(settings.data_dir)) as conn:
+        assert conn.execute("SELECT last_error FROM jobs").fetchone() == (
+            "RuntimeError: embedder exploded",)
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("retrieval failed (RuntimeError: embedder exploded)" in m for m in logged)
+    assert any("attempt 2 failed (dead)" in m for m in logged)
+
+
+def test_slow_embedder_times_out_and_the_chat_goes_on(settings: Settings, start_proxy) -> None:
+    settings.retrieval.timeout_ms = 100
+    settings.extraction.mode = "off"
+    proxy = start_proxy(settings, embedder=BrokenEmbedder(delay=1.0))
+    started = time.monotonic()
+    raw = sdk(proxy.base_url + "/v1").chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "What do I grow?"}],
+        extra_headers={"X-User-Id": "eve"},
+    )
+    assert raw.headers["x-memory-status"] == "degraded"
+    assert time.monotonic() - started < 0.7
+
+
+def test_unwritable_store_path_keeps_jobs_until_a_restart_with_a_store(
+    settings: Settings, start_proxy
+) -> None:
+    blocked = settings.data_dir / "chroma"
+    settings.data_dir.mkdir(parents=True)
+    blocked.write_text("a file where the store's directory should be")
+    proxy = start_proxy(settings, store=None)
+    raw = sdk(proxy.base_url + "/v1").chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "I play the oboe"}],
+        extra_headers={"X-User-Id": "olu"},
+    )
+    assert raw.status_code == 200 and raw.headers["x-memory-status"] == "degraded"
+    ready = httpx.get(proxy.base_url + "/readyz")
+    assert ready.json()["checks"] == {"memory": False, "jobs": True, "worker": False}
+    # Nothing is lost: the exchange waits in the job table for a working store.
+    wait_until(lambda: httpx.get(proxy.base_url + "/metrics").text.count(
+        'memproxy_jobs{state="queued"} 1'))
+    proxy.stop()
+
+    blocked.unlink()
+    restarted = start_proxy(settings, store=None)
+    assert httpx.get(restarted.base_url + "/readyz").status_code == 200
+    wait_until(lambda: httpx.get(restarted.base_url + "/v1/memories",
+                                 params={"user_id": "olu"}).json()["data"])
+
+
+def test_the_proxy_stays_ready_after_upstream_failures(settings: Settings, start_proxy) -> None:
+    settings.upstream.url = f"http://127.0.0.1:{closed_port()}/v1"
+    proxy = start_proxy(settings)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(proxy.base_url + CHAT_PATH, json=body, headers={"X-User-Id": "u"})
+    assert response.status_code == 502
+    assert httpx.get(proxy.base_url + "/readyz").status_code == 200
