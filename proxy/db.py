@@ -41,8 +41,44 @@ CREATE INDEX jobs_by_owner ON jobs (owner, state, id);
 CREATE INDEX jobs_by_exchange ON jobs (exchange_hash, created_at);
 """
 
+# Memory history (proxy/history.py): one row per change of a memory, with its owner.
+_MEMORY_HISTORY = """
+CREATE TABLE memory_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    memory_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('ADD', 'UPDATE', 'SUPERSEDE', 'DELETE')),
+    old_text TEXT,
+    new_text TEXT,
+    created_at REAL NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX memory_history_by_memory ON memory_history (memory_id, id);
+CREATE INDEX memory_history_by_owner ON memory_history (tenant, user_id, id);
+"""
+
+# Proxy keys (proxy/keys.py): only a SHA-256 of each key is stored, never the key.
+_API_KEYS = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    user_id TEXT,
+    name TEXT,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);
+"""
+
 # (name, SQL script). Append only.
-MIGRATIONS: tuple[tuple[str, str], ...] = (("0001_jobs", _JOBS),)
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001_jobs", _JOBS),
+    ("0002_memory_history", _MEMORY_HISTORY),
+    ("0003_api_keys", _API_KEYS),
+)
 
 
 def database_path(data_dir: Path) -> Path:

@@ -1,8 +1,10 @@
-"""Who is calling: user, agent, session and the memory mode of one request.
+"""Who is calling: tenant, user, agent, session and the memory mode of one request.
 
 The user comes from the first configured user header that is present (default
 ``X-User-Id``), else from the body: ``user``, ``safety_identifier``, ``metadata.user_id``.
 Accepted ids: 1..max_id_length printable characters, no control characters.
+The tenant namespaces memories (tenant A's ``user_42`` is not tenant B's); it comes from the
+caller's proxy key in keys mode (proxy/auth.py) and is ``default`` otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from proxy.errors import InvalidHeader, InvalidRequest
 
 MemoryMode = Literal["on", "off", "read", "write"]
 MODES: tuple[MemoryMode, ...] = ("on", "off", "read", "write")
+DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class Identity:
     agent_id: str | None = None
     session_id: str | None = None
     mode: MemoryMode = "on"
+    # Last, with a default: Identity(**asdict(identity)) round-trips (job rows), and jobs
+    # written before tenants existed load as the default tenant.
+    tenant: str = DEFAULT_TENANT
 
     @property
     def reads(self) -> bool:
@@ -68,20 +74,31 @@ def _body_user(body: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def resolve_identity(
+def _named_user(
     headers: Mapping[str, str], body: Mapping[str, Any], settings: IdentitySettings
-) -> Identity:
+) -> str | None:
     limit = settings.max_id_length
-    user_id: str | None = None
     for name in settings.user_headers:
         raw = headers.get(name)
         if raw is not None:
-            user_id = check_id(_header_text(raw), f"header {name}", limit, header=True)
-            break
-    if user_id is None:
-        found = _body_user(body)
-        if found is not None:
-            user_id = check_id(found[1], f"body field {found[0]}", limit, header=False)
+            return check_id(_header_text(raw), f"header {name}", limit, header=True)
+    found = _body_user(body)
+    if found is not None:
+        return check_id(found[1], f"body field {found[0]}", limit, header=False)
+    return None
+
+
+def resolve_identity(
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    settings: IdentitySettings,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    bound_user: str | None = None,
+) -> Identity:
+    """The request's identity; ``bound_user`` (a proxy key's user) wins over any named user."""
+    limit = settings.max_id_length
+    user_id = bound_user if bound_user is not None else _named_user(headers, body, settings)
 
     def optional(name: str) -> str | None:
         raw = headers.get(name)
@@ -104,4 +121,5 @@ def resolve_identity(
         agent_id=optional(settings.agent_header),
         session_id=optional(settings.session_header),
         mode=mode,
+        tenant=tenant,
     )

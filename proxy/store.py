@@ -1,15 +1,17 @@
 """Memories and where they live. The only module that imports chromadb.
 
 Layout, chosen by measurement (see bench/store_scale.py and the README):
-- Chroma holds every memory durably, in ``shards`` collections (cosine space); a user's
-  memories all live in the shard picked by a stable hash of the user id. A filtered
-  read of one user costs in proportion to the shard, not to the whole store.
-- In front of Chroma sits a bounded, in-process LRU of per-user indexes (ids, texts,
-  metadata and a unit-vector matrix). Retrieval for a cached user is one matrix-vector
-  product (10k memories × 384 dims ≈ 1 ms); a miss loads the user from its shard once.
-  Users with more than ``cache_max_user_records`` memories are searched in Chroma directly.
+- Chroma holds every memory durably, in ``shards`` collections (cosine space); an owner's
+  (tenant + user) memories all live in the shard picked by a stable hash of the owner. A
+  filtered read of one owner costs in proportion to the shard, not to the whole store.
+- In front of Chroma sits a bounded, in-process LRU of per-owner indexes (ids, texts,
+  metadata and a unit-vector matrix). Retrieval for a cached owner is one matrix-vector
+  product (10k memories × 384 dims ≈ 1 ms); a miss loads the owner from its shard once.
+  Owners with more than ``cache_max_user_records`` memories are searched in Chroma directly.
 Writes go to Chroma first, then into the cached index, so the cache never holds what
-Chroma does not.
+Chroma does not. A load that raced a write to its shard is used once, not cached.
+Every change also writes a row of history (proxy/history.py) in the data dir's SQLite file.
+Superseded memories stay stored and listable; search leaves them out unless asked.
 """
 
 from __future__ import annotations
@@ -17,77 +19,45 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from proxy.config import StoreSettings
+from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
+from proxy.history import HistoryEvent, MemoryHistory
+from proxy.identity import DEFAULT_TENANT
+from proxy.listing import Condition, matches, page
+from proxy.memory import Memory, Owner, ScoredMemory
+
+__all__ = ["ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of"]
 
 log = logging.getLogger("memproxy.store")
 
 LAYOUT_COLLECTION = "memproxy_layout"
 
 
-@dataclass
-class Memory:
-    user_id: str
-    text: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created_at: float = field(default_factory=time.time)
-    agent_id: str | None = None
-    session_id: str | None = None
-    source: str = "llm"
-
-    def metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "user_id": self.user_id,
-            "created_at": self.created_at,
-            "source": self.source,
-        }
-        # Chroma rejects None metadata values: absent means "not set".
-        if self.agent_id is not None:
-            meta["agent_id"] = self.agent_id
-        if self.session_id is not None:
-            meta["session_id"] = self.session_id
-        return meta
-
-    @classmethod
-    def from_record(cls, memory_id: str, text: str, meta: dict[str, Any]) -> Memory:
-        return cls(
-            id=memory_id,
-            user_id=str(meta["user_id"]),
-            text=text,
-            created_at=float(meta.get("created_at", 0.0)),
-            agent_id=meta.get("agent_id"),
-            session_id=meta.get("session_id"),
-            source=str(meta.get("source", "llm")),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ScoredMemory:
-    memory: Memory
-    score: float
-
-
 class MemoryStore(Protocol):
-    def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None: ...
+    def add(
+        self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api"
+    ) -> None: ...
 
-    def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]: ...
+    def search(
+        self, user_id: str, vector: np.ndarray, k: int, *, tenant: str = DEFAULT_TENANT,
+        filters: Sequence[Condition] = (), include_superseded: bool = False,
+    ) -> list[ScoredMemory]: ...
 
-    def list_user(self, user_id: str, limit: int, offset: int = 0) -> list[Memory]: ...
+    def list_user(
+        self, user_id: str, limit: int, offset: int = 0, *, tenant: str = DEFAULT_TENANT
+    ) -> list[Memory]: ...
 
-    def count_user(self, user_id: str) -> int: ...
+    def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int: ...
 
     def close(self) -> None: ...
 
@@ -97,25 +67,88 @@ class UserIndex:
     memories: list[Memory]
     matrix: np.ndarray  # (n, dim) float32, unit rows
     loaded_at: float = field(default_factory=time.monotonic)
+    _superseded: int | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
         # Vectors plus a rough per-memory allowance for text and metadata objects.
         return int(self.matrix.nbytes) + 400 * len(self.memories)
 
+    @property
+    def superseded(self) -> int:
+        if self._superseded is None:  # counted once per change, not per search
+            self._superseded = sum(1 for m in self.memories if m.superseded_by)
+        return self._superseded
+
     def append(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
+        self._superseded = None
         self.memories.extend(memories)
         self.matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
 
+    def position(self, memory_id: str) -> int | None:
+        for i, memory in enumerate(self.memories):
+            if memory.id == memory_id:
+                return i
+        return None
 
-def shard_of(user_id: str, shards: int) -> int:
-    return zlib.crc32(user_id.encode("utf-8")) % shards
+    def put(self, memory: Memory, vector: np.ndarray | None) -> None:
+        """Replace the memory with the same id (and its vector, when given)."""
+        self._superseded = None
+        row = self.position(memory.id)
+        if row is None:
+            if vector is not None:
+                self.append([memory], vector.reshape(1, -1))
+            return
+        self.memories[row] = memory
+        if vector is not None:
+            self.matrix[row] = vector.astype(np.float32, copy=False)
+
+    def remove(self, memory_ids: Iterable[str]) -> None:
+        self._superseded = None
+        gone = set(memory_ids)
+        keep = [i for i, m in enumerate(self.memories) if m.id not in gone]
+        self.memories = [self.memories[i] for i in keep]
+        self.matrix = self.matrix[keep]
+
+    def eligible(
+        self, filters: Sequence[Condition], include_superseded: bool
+    ) -> np.ndarray | None:
+        """Rows search may return; None when every row may (the common, fast case)."""
+        if not filters and (include_superseded or not self.superseded):
+            return None
+        return np.array(
+            [(include_superseded or not m.superseded_by) and matches(m, filters)
+             for m in self.memories],
+            dtype=bool,
+        )
+
+
+def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
+    key = user_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{user_id}"
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
+
+
+def _where(owner: Owner, *, active_only: bool = False) -> dict[str, Any]:
+    clauses: list[dict[str, Any]] = [{"tenant": owner[0]}, {"user_id": owner[1]}]
+    if active_only:
+        clauses.append({"superseded_by": ""})
+    return {"$and": clauses}
 
 
 def _chroma_settings() -> Any:
     from chromadb.config import Settings as ChromaSettings
 
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
+
+def _records(got: dict[str, Any], nested: bool = False) -> list[Memory]:
+    ids, docs, metas = got["ids"], got["documents"], got["metadatas"]
+    if nested:
+        ids, docs, metas = ids[0], docs[0], metas[0]
+    return [
+        Memory.from_record(i, doc or "", dict(meta or {}))
+        for i, doc, meta in zip(ids, docs, metas, strict=True)
+    ]
 
 
 class ChromaStore:
@@ -139,13 +172,15 @@ class ChromaStore:
             self._shards = self._check_layout(settings.shards)
             self._collections: dict[int, Any] = {}
             self._max_batch = max(1, int(self._client.get_max_batch_size()))
+            self.history = MemoryHistory(database_path(data_dir))
         except MemoryUnavailable:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
-        self._cache: OrderedDict[str, UserIndex] = OrderedDict()
+        self._cache: OrderedDict[Owner, UserIndex] = OrderedDict()
         self._cache_bytes = 0
-        self._too_large: set[str] = set()  # users searched in Chroma, never cached
+        self._too_large: set[Owner] = set()  # owners searched in Chroma, never cached
+        self._shard_writes = [0] * self._shards  # a load that saw a write begin is not cached
         self._lock = threading.RLock()
 
     def _check_layout(self, wanted: int) -> int:
@@ -160,8 +195,10 @@ class ChromaStore:
             )
         return stored
 
-    def _collection(self, user_id: str) -> Any:
-        shard = shard_of(user_id, self._shards)
+    def _shard(self, owner: Owner) -> int:
+        return shard_of(owner[1], self._shards, owner[0])
+
+    def _collection_at(self, shard: int) -> Any:
         found = self._collections.get(shard)
         if found is None:
             found = self._client.get_or_create_collection(
@@ -172,162 +209,355 @@ class ChromaStore:
             self._collections[shard] = found
         return found
 
+    def _collection(self, owner: Owner) -> Any:
+        return self._collection_at(self._shard(owner))
+
     # -- cache -----------------------------------------------------------------
-    def _cached(self, user_id: str) -> UserIndex | None:
-        index = self._cache.get(user_id)
+    def _cached(self, owner: Owner) -> UserIndex | None:
+        index = self._cache.get(owner)
         if index is None:
             return None
         ttl = self._settings.cache_ttl_seconds
         if ttl and time.monotonic() - index.loaded_at > ttl:
-            self._evict(user_id)
+            self._evict(owner)
             return None
-        self._cache.move_to_end(user_id)
+        self._cache.move_to_end(owner)
         return index
 
-    def _evict(self, user_id: str) -> None:
-        index = self._cache.pop(user_id, None)
+    def _evict(self, owner: Owner) -> None:
+        index = self._cache.pop(owner, None)
         if index is not None:
             self._cache_bytes -= index.nbytes
 
-    def _remember(self, user_id: str, index: UserIndex) -> None:
-        self._evict(user_id)
-        self._cache[user_id] = index
+    def _remember(self, owner: Owner, index: UserIndex) -> None:
+        self._evict(owner)
+        self._cache[owner] = index
         self._cache_bytes += index.nbytes
         limit = self._settings.cache_max_mb * 1024 * 1024
         while self._cache_bytes > limit and len(self._cache) > 1:
             oldest = next(iter(self._cache))
             self._evict(oldest)
 
-    def _load_user(self, user_id: str) -> UserIndex | None:
-        """The user's index, from cache or Chroma; None when the user is too large to cache."""
+    def _load(self, owner: Owner) -> UserIndex | None:
+        """The owner's index, from cache or Chroma; None when too large to cache."""
+        shard = self._shard(owner)
         with self._lock:
-            index = self._cached(user_id)
-            if index is not None or user_id in self._too_large:
+            index = self._cached(owner)
+            if index is not None or owner in self._too_large:
                 return index
-        collection = self._collection(user_id)
-        got = collection.get(
-            where={"user_id": user_id}, include=["embeddings", "documents", "metadatas"]
+            writes = self._shard_writes[shard]
+        got = self._collection_at(shard).get(
+            where=_where(owner), include=["embeddings", "documents", "metadatas"]
         )
         ids = got["ids"]
         if len(ids) > self._settings.cache_max_user_records:
             with self._lock:
-                self._too_large.add(user_id)
+                self._too_large.add(owner)
             return None
-        memories = [
-            Memory.from_record(i, doc or "", dict(meta or {}))
-            for i, doc, meta in zip(ids, got["documents"], got["metadatas"], strict=True)
-        ]
         embeddings = got["embeddings"]
         matrix = (
             np.asarray(embeddings, dtype=np.float32)
             if len(ids)
             else np.zeros((0, self._dimension), dtype=np.float32)
         )
-        index = UserIndex(memories, matrix)
+        index = UserIndex(_records(got), matrix)
         with self._lock:
-            self._remember(user_id, index)
+            if self._shard_writes[shard] == writes:
+                self._remember(owner, index)
         return index
 
-    # -- public API --------------------------------------------------------------
-    def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
+    def _changed(self, owner: Owner, change: Any = None) -> None:
+        """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
+        with self._lock:
+            self._shard_writes[self._shard(owner)] += 1
+            index = self._cache.get(owner)
+            if index is None:
+                return
+            if change is None:
+                self._evict(owner)
+                return
+            self._cache_bytes -= index.nbytes
+            change(index)
+            self._cache_bytes += index.nbytes
+
+    def _read(self, work: Any, *args: Any) -> Any:
+        try:
+            return work(*args)
+        except MemoryUnavailable:
+            raise
+        except Exception as exc:
+            raise MemoryUnavailable(f"store read failed: {exc}") from exc
+
+    def _owner_memories(self, owner: Owner) -> list[Memory]:
+        index = self._load(owner)
+        if index is not None:
+            return list(index.memories)
+        return _records(self._collection(owner).get(
+            where=_where(owner), include=["documents", "metadatas"]
+        ))
+
+    # -- writes ------------------------------------------------------------------
+    def add(self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api") -> None:
         if not memories:
             return
-        # One Chroma call per shard (split at Chroma's batch limit), not one per user: each
-        # call has a fixed cost of several ms, which dominates bulk writes of many users.
+        self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=False)
+        self.history.record(
+            HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
+            for m in memories
+        )
+
+    def _write_records(self, memories: Sequence[Memory], vectors: np.ndarray, upsert: bool) -> None:
+        # One Chroma call per shard (split at Chroma's batch limit), not one per owner: each
+        # call has a fixed cost of several ms, which dominates bulk writes of many owners.
         by_shard: dict[int, list[int]] = {}
         for i, memory in enumerate(memories):
-            by_shard.setdefault(shard_of(memory.user_id, self._shards), []).append(i)
-        vectors = np.asarray(vectors, dtype=np.float32)
+            by_shard.setdefault(self._shard(memory.owner), []).append(i)
         try:
-            for rows in by_shard.values():
-                collection = self._collection(memories[rows[0]].user_id)
+            for shard, rows in by_shard.items():
+                collection = self._collection_at(shard)
+                write = collection.upsert if upsert else collection.add
                 for start in range(0, len(rows), self._max_batch):
                     part = rows[start : start + self._max_batch]
                     chunk = [memories[i] for i in part]
-                    collection.add(
+                    write(
                         ids=[m.id for m in chunk],
                         embeddings=vectors[part],
                         documents=[m.text for m in chunk],
-                        metadatas=[m.metadata() for m in chunk],
+                        metadatas=[m.record_metadata() for m in chunk],
                     )
-                    self._append_cached(chunk, vectors[part])
+                    self._cache_written(chunk, vectors[part], upsert)
         except Exception as exc:
             raise MemoryUnavailable(f"store write failed: {exc}") from exc
 
-    def _append_cached(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
-        """Add just-written memories to the indexes of users already in the cache."""
-        by_user: dict[str, list[int]] = {}
+    def _cache_written(
+        self, memories: Sequence[Memory], vectors: np.ndarray, upsert: bool
+    ) -> None:
+        by_owner: dict[Owner, list[int]] = {}
         for i, memory in enumerate(memories):
-            by_user.setdefault(memory.user_id, []).append(i)
-        with self._lock:
-            for user_id, rows in by_user.items():
-                index = self._cache.get(user_id)
-                if index is not None:
-                    self._cache_bytes -= index.nbytes
+            by_owner.setdefault(memory.owner, []).append(i)
+        for owner, rows in by_owner.items():
+            def change(index: UserIndex, rows: list[int] = rows) -> None:
+                if not upsert:  # new ids: appended without looking for them
                     index.append([memories[i] for i in rows], vectors[rows])
-                    self._cache_bytes += index.nbytes
+                    return
+                for i in rows:
+                    index.put(memories[i], vectors[i])
+            self._changed(owner, change)
 
-    def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
+    def _rewrite(self, memory: Memory, vector: np.ndarray | None) -> None:
+        """Store a changed memory (same id, same owner); its vector only when given."""
         try:
-            index = self._load_user(user_id)
-            if index is None:
-                return self._search_in_chroma(user_id, vector, k)
+            kwargs: dict[str, Any] = {}
+            if vector is not None:
+                # Documents only with their vectors: Chroma would embed a lone document itself.
+                kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+                kwargs["documents"] = [memory.text]
+            self._collection(memory.owner).update(
+                ids=[memory.id], metadatas=[memory.record_metadata()], **kwargs
+            )
         except Exception as exc:
-            raise MemoryUnavailable(f"store read failed: {exc}") from exc
+            raise MemoryUnavailable(f"store write failed: {exc}") from exc
+        self._changed(memory.owner, lambda index: index.put(memory, vector))
+
+    def update(
+        self,
+        memory_id: str,
+        *,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None,
+        actor: str = "api",
+    ) -> Memory | None:
+        """Change a memory's text (re-embedded: pass its ``vector``) and/or user metadata."""
+        current = self.get(memory_id)
+        if current is None:
+            return None
+        if text is not None and text != current.text and vector is None:
+            raise ValueError("a changed text needs its new vector")
+        changed = replace(
+            current,
+            text=current.text if text is None else text,
+            metadata=current.metadata if metadata is None else dict(metadata),
+            updated_at=time.time(),
+        )
+        self._rewrite(changed, vector if text is not None and text != current.text else None)
+        self.history.record([HistoryEvent(
+            memory_id, current.tenant, current.user_id, "UPDATE", current.text, changed.text,
+            changed.updated_at, actor,
+        )])
+        return changed
+
+    def supersede(
+        self, old_id: str, new: Memory, vector: np.ndarray, *, actor: str = "api"
+    ) -> Memory | None:
+        """Store ``new`` as the successor of ``old_id``, which is kept, marked, out of search."""
+        old = self.get(old_id)
+        if old is None or old.owner != new.owner:
+            return None
+        self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
+        now = time.time()
+        marked = replace(old, superseded_by=new.id, valid_to=now, updated_at=now)
+        self._rewrite(marked, None)
+        self.history.record([HistoryEvent(
+            old.id, old.tenant, old.user_id, "SUPERSEDE", old.text, new.text, now, actor
+        )])
+        return marked
+
+    def delete(self, memory_id: str, *, actor: str = "api") -> Memory | None:
+        """Remove a memory; its history stays (with a DELETE row). Returns what was removed."""
+        memory = self.get(memory_id)
+        if memory is None:
+            return None
+        try:
+            self._collection(memory.owner).delete(ids=[memory_id])
+        except Exception as exc:
+            raise MemoryUnavailable(f"store write failed: {exc}") from exc
+        self._changed(memory.owner, lambda index: index.remove([memory_id]))
+        self.history.record([HistoryEvent(
+            memory_id, memory.tenant, memory.user_id, "DELETE", memory.text, None, time.time(),
+            actor,
+        )])
+        return memory
+
+    def delete_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, int]:
+        """Forget an owner entirely: memories and history. Returns the counts removed."""
+        owner = (tenant, user_id)
+        try:
+            collection = self._collection(owner)
+            ids = collection.get(where=_where(owner), include=[])["ids"]
+            for start in range(0, len(ids), self._max_batch):
+                collection.delete(ids=ids[start : start + self._max_batch])
+        except Exception as exc:
+            raise MemoryUnavailable(f"store write failed: {exc}") from exc
+        self._changed(owner)
+        with self._lock:
+            self._too_large.discard(owner)
+        return {"memories": len(ids), "history": self.history.delete_owner(tenant, user_id)}
+
+    def restore(
+        self, memories: Sequence[Memory], vectors: np.ndarray,
+        history: Sequence[HistoryEvent] = (), *, actor: str = "import",
+    ) -> None:
+        """Write memories as given (ids, timestamps, supersede marks: an import).
+
+        ``history`` rows are kept as they were; a memory without any gets an ADD row.
+        An id already stored for the same owner is overwritten (importing twice is harmless).
+        """
+        if memories:
+            self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=True)
+        had_history = {event.memory_id for event in history}
+        self.history.record([
+            *history,
+            *(HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
+              for m in memories if m.id not in had_history),
+        ])
+
+    # -- reads -------------------------------------------------------------------
+    def get(self, memory_id: str) -> Memory | None:
+        """A memory by id, whoever owns it (callers check the owner)."""
+        owner = self.history.owners([memory_id]).get(memory_id)
+        with self._lock:
+            index = self._cached(owner) if owner else None
+            row = index.position(memory_id) if index else None
+            if index is not None and row is not None:
+                return index.memories[row]
+        shards = [self._shard(owner)] if owner else range(self._shards)
+        for shard in shards:  # no history row (an older store): look in every shard
+            got = self._read(
+                lambda s=shard: self._collection_at(s).get(
+                    ids=[memory_id], include=["documents", "metadatas"]
+                )
+            )
+            if got["ids"]:
+                return _records(got)[0]
+        return None
+
+    def search(
+        self, user_id: str, vector: np.ndarray, k: int, *, tenant: str = DEFAULT_TENANT,
+        filters: Sequence[Condition] = (), include_superseded: bool = False,
+    ) -> list[ScoredMemory]:
+        owner = (tenant, user_id)
+        index = self._read(self._load, owner)
+        if index is None:
+            return self._read(
+                self._search_in_chroma, owner, vector, k, filters, include_superseded
+            )
         if not index.memories or k <= 0:
             return []
         scores = index.matrix @ vector.astype(np.float32)
+        eligible = index.eligible(filters, include_superseded)
+        if eligible is not None:
+            scores = np.where(eligible, scores, -np.inf)
+            k = min(k, int(eligible.sum()))
+            if k <= 0:
+                return []
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top])]
         return [ScoredMemory(index.memories[i], float(scores[i])) for i in top]
 
-    def _search_in_chroma(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
-        got = self._collection(user_id).query(
+    def _search_in_chroma(
+        self, owner: Owner, vector: np.ndarray, k: int, filters: Sequence[Condition],
+        include_superseded: bool,
+    ) -> list[ScoredMemory]:
+        # Filters are applied to a widened candidate set: exact for most filters, approximate
+        # for very selective ones on owners too large to cache.
+        wanted = k * 10 if filters else k
+        got = self._collection(owner).query(
             query_embeddings=[vector.astype(np.float32)],
-            n_results=k,
-            where={"user_id": user_id},
+            n_results=max(wanted, 1),
+            where=_where(owner, active_only=not include_superseded),
             include=["documents", "metadatas", "distances"],
         )
-        return [
-            ScoredMemory(Memory.from_record(i, doc or "", dict(meta or {})), 1.0 - float(dist))
-            for i, doc, meta, dist in zip(
-                got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0],
-                strict=True,
-            )
+        hits = [
+            ScoredMemory(memory, 1.0 - float(distance))
+            for memory, distance in zip(_records(got, nested=True), got["distances"][0],
+                                        strict=True)
+            if matches(memory, filters)
         ]
+        return hits[:k]
 
-    def list_user(self, user_id: str, limit: int, offset: int = 0) -> list[Memory]:
-        try:
-            index = self._load_user(user_id)
-            if index is not None:
-                ordered = sorted(index.memories, key=lambda m: m.created_at, reverse=True)
-                return ordered[offset : offset + limit]
-            got = self._collection(user_id).get(
-                where={"user_id": user_id}, include=["documents", "metadatas"]
-            )
-        except Exception as exc:
-            raise MemoryUnavailable(f"store read failed: {exc}") from exc
-        memories = [
-            Memory.from_record(i, doc or "", dict(meta or {}))
-            for i, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    def list_page(
+        self, user_id: str, *, tenant: str = DEFAULT_TENANT, filters: Sequence[Condition] = (),
+        limit: int = 100, cursor: str | None = None, include_superseded: bool = False,
+    ) -> tuple[list[Memory], str | None]:
+        """One page of the owner's memories, newest first, and the next page's cursor."""
+        memories = self._read(self._owner_memories, (tenant, user_id))
+        chosen = [
+            m for m in memories
+            if (include_superseded or not m.superseded_by) and matches(m, filters)
         ]
-        memories.sort(key=lambda m: m.created_at, reverse=True)
-        return memories[offset : offset + limit]
+        return page(chosen, limit, cursor)
 
-    def count_user(self, user_id: str) -> int:
-        index = self._load_user(user_id)
+    def list_user(
+        self, user_id: str, limit: int, offset: int = 0, *, tenant: str = DEFAULT_TENANT
+    ) -> list[Memory]:
+        memories, _ = self.list_page(user_id, tenant=tenant, limit=offset + limit)
+        return memories[offset:]
+
+    def all_memories(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Memory]:
+        """Every memory of the owner, superseded ones included, oldest first (export)."""
+        memories = self._read(self._owner_memories, (tenant, user_id))
+        return sorted(memories, key=lambda m: (m.created_at, m.id))
+
+    def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int:
+        """How many memories search can return (superseded ones are not counted)."""
+        owner = (tenant, user_id)
+        index = self._read(self._load, owner)
         if index is not None:
-            return len(index.memories)
-        return len(self._collection(user_id).get(where={"user_id": user_id}, include=[])["ids"])
+            return len(index.memories) - index.superseded
+        return len(self._read(lambda: self._collection(owner).get(
+            where=_where(owner, active_only=True), include=[]
+        ))["ids"])
 
     def cached_users(self) -> list[str]:
         """Users whose index is in memory, least recently used first."""
         with self._lock:
-            return list(self._cache)
+            return [user for _, user in self._cache]
 
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
             self._cache_bytes = 0
         self._collections.clear()
+        self.history.close()

@@ -1,0 +1,115 @@
+"""A memory: one remembered fact of one owner (tenant + user), and its stored form.
+
+In Chroma a memory is a document (its text), a vector and flat scalar metadata: the owner,
+agent and session, timestamps, the supersede marks and the user metadata as one JSON text
+(Chroma metadata values must be scalars; filters on user metadata run in Python over the
+owner's memories, see proxy/listing.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.identity import DEFAULT_TENANT
+
+Owner = tuple[str, str]  # (tenant, user_id): whose memories
+
+
+@dataclass
+class Memory:
+    user_id: str
+    text: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: float = field(default_factory=time.time)
+    agent_id: str | None = None
+    session_id: str | None = None
+    source: str = "llm"  # llm | raw | api | import
+    tenant: str = DEFAULT_TENANT
+    updated_at: float = 0.0  # 0: same as created_at
+    metadata: dict[str, Any] = field(default_factory=dict)  # the user's own, JSON values
+    superseded_by: str | None = None  # the id of the memory that replaced this one
+    valid_to: float | None = None  # when it was superseded
+
+    def __post_init__(self) -> None:
+        # Microseconds: what Chroma's metadata keeps exactly, so a memory read back from the
+        # store equals the one written (cursors and exports compare timestamps).
+        self.created_at = round(self.created_at, 6)
+        self.updated_at = round(self.updated_at or self.created_at, 6)
+        if self.valid_to is not None:
+            self.valid_to = round(self.valid_to, 6)
+
+    @property
+    def owner(self) -> Owner:
+        return (self.tenant, self.user_id)
+
+    def record_metadata(self) -> dict[str, Any]:
+        """The Chroma metadata: scalars only; every key always written (updates merge)."""
+        meta: dict[str, Any] = {
+            "tenant": self.tenant,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "source": self.source,
+            "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True),
+            # "" rather than absent: Chroma can filter on it (no $exists).
+            "superseded_by": self.superseded_by or "",
+        }
+        # Chroma rejects None metadata values: absent means "not set".
+        if self.agent_id is not None:
+            meta["agent_id"] = self.agent_id
+        if self.session_id is not None:
+            meta["session_id"] = self.session_id
+        if self.valid_to is not None:
+            meta["valid_to"] = self.valid_to
+        return meta
+
+    @classmethod
+    def from_record(cls, memory_id: str, text: str, meta: dict[str, Any]) -> Memory:
+        try:
+            user_metadata = json.loads(meta.get("metadata") or "{}")
+        except ValueError:
+            user_metadata = {}
+        created_at = float(meta.get("created_at", 0.0))
+        valid_to = meta.get("valid_to")
+        return cls(
+            id=memory_id,
+            user_id=str(meta["user_id"]),
+            text=text,
+            created_at=created_at,
+            agent_id=meta.get("agent_id"),
+            session_id=meta.get("session_id"),
+            source=str(meta.get("source", "llm")),
+            tenant=str(meta.get("tenant", DEFAULT_TENANT)),
+            updated_at=float(meta.get("updated_at") or created_at),
+            metadata=user_metadata if isinstance(user_metadata, dict) else {},
+            superseded_by=meta.get("superseded_by") or None,
+            valid_to=float(valid_to) if valid_to is not None else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's shape of a memory."""
+        return {
+            "id": self.id,
+            "object": "memory",
+            "memory": self.text,
+            "tenant": self.tenant,
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "source": self.source,
+            "metadata": self.metadata,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "superseded_by": self.superseded_by,
+            "valid_to": self.valid_to,
+        }
+
+
+@dataclass
+class ScoredMemory:
+    memory: Memory
+    score: float
