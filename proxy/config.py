@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 ENV_PREFIX = "MEMPROXY_"
 
@@ -113,6 +113,17 @@ class JobSettings(_Section):
     shutdown_grace_seconds: float = 10.0  # in-flight jobs may finish; the rest stay claimable
 
 
+class AuthSettings(_Section):
+    """Who may use the proxy, and whose memories a request reads and writes."""
+
+    # none: anyone, tenant "default"; keys: a proxy key (`memproxy keys create`) is required,
+    # its tenant namespaces memories, the proxy holds the upstream key; signed: the user id
+    # must come with an HMAC-SHA256 of it under signing_secret (a gateway vouches for it).
+    mode: Literal["none", "keys", "signed"] = "none"
+    signing_secret: SecretStr | None = None
+    signature_header: str = "X-User-Signature"
+
+
 class ModelRoute(_Section):
     """A model name routed to another provider through litellm."""
 
@@ -133,7 +144,19 @@ class Settings(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     models: dict[str, ModelRoute] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _auth_needs_its_secrets(self) -> Settings:
+        if self.auth.mode == "keys" and self.upstream.api_key is None:
+            raise ValueError(
+                "auth.mode keys: the proxy holds the upstream key, so upstream.api_key "
+                "(MEMPROXY_UPSTREAM_API_KEY) must be set; callers present proxy keys"
+            )
+        if self.auth.mode == "signed" and self.auth.signing_secret is None:
+            raise ValueError("auth.mode signed needs auth.signing_secret")
+        return self
 
     @property
     def upstream_base(self) -> str:

@@ -8,6 +8,8 @@
     ├── AuthenticationFailed        401 authentication_error
     ├── PermissionDenied            403 permission_error
     ├── NotFound                    404 code=not_found
+    ├── MethodNotAllowed            405 code=method_not_allowed
+    ├── Conflict                    409 code=conflict
     └── UpstreamError               502/504 upstream_error
         ├── UpstreamUnreachable     502 code=upstream_unreachable
         └── UpstreamTimeout         504 code=upstream_timeout
@@ -80,6 +82,18 @@ class NotFound(ProxyError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(ProxyError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
 
 
 class UpstreamError(ProxyError):

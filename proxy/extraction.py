@@ -82,7 +82,9 @@ class Extractor:
             return ExtractionResult([], mode)
         if mode == "raw":
             return ExtractionResult(texts, "raw")
-        known = await anyio.to_thread.run_sync(self._related_known, user_id, texts)
+        known = await anyio.to_thread.run_sync(
+            self._related_known, job.identity.tenant, user_id, texts
+        )
         facts = await self._ask_model(job, texts, known)
         facts = [f.strip() for f in facts if isinstance(f, str) and f.strip()]
         return ExtractionResult(facts[: self._settings.extraction.max_facts], "llm")
@@ -107,9 +109,11 @@ class Extractor:
             return own.get_secret_value()
         return None
 
-    def _related_known(self, user_id: str, texts: list[str]) -> list[str]:
+    def _related_known(self, tenant: str, user_id: str, texts: list[str]) -> list[str]:
         vector = self._embedder.embed(["\n".join(texts)[-2000:]])[0]
-        return [hit.memory.text for hit in self._store.search(user_id, vector, 10)]
+        return [
+            hit.memory.text for hit in self._store.search(user_id, vector, 10, tenant=tenant)
+        ]
 
     def _store_new(self, job: ExtractionJob, facts: list[str], source: str) -> list[Memory]:
         user_id = job.identity.user_id
@@ -125,7 +129,7 @@ class Extractor:
             key = normalise(fact)
             if not key or key in seen:
                 continue
-            nearest = self._store.search(user_id, vectors[row], 1)
+            nearest = self._store.search(user_id, vectors[row], 1, tenant=job.identity.tenant)
             if nearest and (
                 nearest[0].score >= threshold or normalise(nearest[0].memory.text) == key
             ):
@@ -139,9 +143,13 @@ class Extractor:
                     user_id=user_id, text=fact, id=memory_id(job, key),
                     created_at=job.created_at, agent_id=job.identity.agent_id,
                     session_id=job.identity.session_id, source=source,
+                    tenant=job.identity.tenant,
                 )
             )
-        self._store.add(kept, vectors[kept_rows] if kept_rows else vectors[:0])
+        self._store.add(
+            kept, vectors[kept_rows] if kept_rows else vectors[:0],
+            actor=f"job:{job.id}" if job.id is not None else "api",
+        )
         log.info("stored %d of %d extracted facts", len(kept), len(facts))
         return kept
 

@@ -53,7 +53,7 @@ def check_id(value: str, what: str, max_length: int, *, header: bool) -> str:
     return value
 
 
-def _header_text(raw: str) -> str:
+def header_text(raw: str) -> str:
     """Header values arrive decoded as latin-1; ids are UTF-8 (same id as in the body)."""
     try:
         return raw.encode("latin-1").decode("utf-8")
@@ -81,7 +81,7 @@ def _named_user(
     for name in settings.user_headers:
         raw = headers.get(name)
         if raw is not None:
-            return check_id(_header_text(raw), f"header {name}", limit, header=True)
+            return check_id(header_text(raw), f"header {name}", limit, header=True)
     found = _body_user(body)
     if found is not None:
         return check_id(found[1], f"body field {found[0]}", limit, header=False)
@@ -104,7 +104,7 @@ def resolve_identity(
         raw = headers.get(name)
         if raw is None:
             return None
-        return check_id(_header_text(raw), f"header {name}", limit, header=True)
+        return check_id(header_text(raw), f"header {name}", limit, header=True)
 
     raw_mode = headers.get(settings.mode_header)
     mode: MemoryMode = settings.default_mode

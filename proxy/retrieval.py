@@ -8,6 +8,8 @@ from typing import Any
 
 from proxy.config import RetrievalSettings
 from proxy.embedding import Embedder
+from proxy.identity import DEFAULT_TENANT
+from proxy.listing import Condition
 from proxy.store import MemoryStore, ScoredMemory
 
 
@@ -54,23 +56,46 @@ class Retriever:
         self._store = store
         self._settings = settings
 
-    def retrieve(self, user_id: str, query: str) -> list[ScoredMemory]:
-        """Blocking: embeds and searches. Run it in a worker thread."""
+    def retrieve(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        limit: int | None = None,
+        filters: Sequence[Condition] = (),
+        include_superseded: bool = False,
+        budget: bool = True,
+    ) -> list[ScoredMemory]:
+        """Blocking: embeds and searches. Run it in a worker thread.
+
+        The chat path uses the defaults; the search API passes its ``limit`` and ``filters``
+        and skips the token budget, ranking the same way.
+        """
         if not query:
             return []
         settings = self._settings
+        top_k = settings.top_k if limit is None else limit
         vector = self._embedder.embed([query])[0]
-        total = self._store.count_user(user_id)
+        total = self._store.count_user(user_id, tenant=tenant)
         if total == 0:
             return []
+
+        def search(k: int) -> list[ScoredMemory]:
+            return self._store.search(
+                user_id, vector, k, tenant=tenant, filters=filters,
+                include_superseded=include_superseded,
+            )
+
         if total <= settings.core_when_at_most:
             # Few memories: they are the user's profile. Similarity ranks them but does not
             # gate them (MiniLM scores "what stack am I using?" vs the stack fact ~0.1).
-            candidates = self._store.search(user_id, vector, total)
+            candidates = search(total)
         else:
-            hits = self._store.search(user_id, vector, settings.top_k)
+            hits = search(top_k)
             candidates = [h for h in hits if h.score >= settings.min_score]
-        return self._within_budget(candidates[: max(settings.top_k, 0) or len(candidates)])
+        ranked = candidates[: max(top_k, 0) or len(candidates)]
+        return self._within_budget(ranked) if budget else ranked
 
     def _within_budget(self, ranked: Sequence[ScoredMemory]) -> list[ScoredMemory]:
         chosen: list[ScoredMemory] = []

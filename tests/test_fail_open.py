@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -33,18 +34,20 @@ class FailingStore:
         if self.error is not None:
             raise self.error
 
-    def add(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
+    def add(self, memories: Sequence[Memory], vectors: np.ndarray, **kwargs: Any) -> None:
         self._call()
 
-    def search(self, user_id: str, vector: np.ndarray, k: int) -> list[ScoredMemory]:
-        self._call()
-        return []
-
-    def list_user(self, user_id: str, limit: int, offset: int = 0) -> list[Memory]:
+    def search(
+        self, user_id: str, vector: np.ndarray, k: int, **kwargs: Any
+    ) -> list[ScoredMemory]:
         self._call()
         return []
 
-    def count_user(self, user_id: str) -> int:
+    def list_user(self, user_id: str, limit: int, offset: int = 0, **kwargs: Any) -> list[Memory]:
+        self._call()
+        return []
+
+    def count_user(self, user_id: str, **kwargs: Any) -> int:
         self._call()
         return 3
 
