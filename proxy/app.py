@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from proxy.api import MemoriesAPI
+from proxy.api import MemoriesAPI, MemoryServices
+from proxy.auth import open_authenticator
 from proxy.chat import ChatCompletions, ChatServices
 from proxy.config import Settings
 from proxy.db import database_path
@@ -25,6 +26,7 @@ from proxy.errors import MemoryUnavailable, ProxyError, error_body
 from proxy.extraction import Extractor
 from proxy.health import readiness
 from proxy.job_queue import JobQueue
+from proxy.memory_routes import memory_routes
 from proxy.metrics import Metrics, render_job_metrics
 from proxy.passthrough import Passthrough
 from proxy.providers import load_litellm
@@ -77,12 +79,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # First: in keys mode no key table means no start (fail closed), before anything opens.
+        auth = await anyio.to_thread.run_sync(open_authenticator, settings)
+        app.state.auth = auth
         metrics = Metrics()
         upstream = HttpUpstream(settings, upstream_transport)
         memory_error: str | None = None
         retriever: Retriever | None = None
         extractor: Extractor | None = None
         opened_store: MemoryStore | None = None
+        opened_embedder: Embedder | None = None
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             opened_embedder, opened_store = await _open_memory(settings, embedder, store)
@@ -100,10 +106,16 @@ def create_app(
             log.warning("no admin key set: the memory API answers loopback clients only")
         services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
         services.store = opened_store
+        services.auth = auth
         app.state.services = services
         app.state.chat = ChatCompletions(services)
         app.state.passthrough = Passthrough(upstream)
-        app.state.memories = MemoriesAPI(settings, opened_store) if opened_store else None
+        app.state.memories = None
+        if opened_store is not None and opened_embedder is not None and retriever is not None:
+            app.state.memories = MemoriesAPI(MemoryServices(
+                settings, opened_store, opened_embedder, retriever, auth, extractor,
+                jobs.queue if jobs is not None else None,
+            ))
         log.info("memproxy ready; upstream %s", settings.upstream_base)
         try:
             yield
@@ -112,6 +124,7 @@ def create_app(
                 await jobs.stop(settings.jobs.shutdown_grace_seconds)
                 jobs.queue.close()
             await upstream.aclose()
+            auth.close()
             if opened_store is not None and store is None:
                 opened_store.close()
 
@@ -119,16 +132,8 @@ def create_app(
         return await request.app.state.chat(request)
 
     async def passthrough(request: Request) -> Any:
+        request.app.state.auth.admit(request.headers)  # keys mode: a proxy key, or 401
         return await request.app.state.passthrough(request)
-
-    async def list_memories(request: Request) -> Response:
-        api = request.app.state.memories
-        if api is None:
-            return JSONResponse(
-                error_body("the memory store is unavailable", "server_error", "memory_unavailable"),
-                status_code=503,
-            )
-        return await api.list_memories(request)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -152,7 +157,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
-        Route("/v1/memories", list_memories, methods=["GET"]),
+        *memory_routes(),
         Route("/v1/{path:path}", passthrough, methods=methods),
     ]
 

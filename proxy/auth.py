@@ -19,14 +19,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import Settings
+from proxy.db import database_path
 from proxy.errors import AuthenticationFailed, NotFound, PermissionDenied
 from proxy.identity import DEFAULT_TENANT, Identity, header_text, resolve_identity
 from proxy.keys import TOKEN_PREFIX, KeyStore, ProxyKey
+
+log = logging.getLogger("memproxy.auth")
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -163,3 +167,18 @@ class Authenticator:
                 "the memory API answers only loopback clients while no admin key is set"
             )
         raise AuthenticationFailed("a valid admin key is required for the memory API")
+
+    def close(self) -> None:
+        if self._keys is not None:
+            self._keys.close()
+
+
+def open_authenticator(settings: Settings) -> Authenticator:
+    """Blocking (opens the key table in keys mode). Fails closed: no key store, no start."""
+    mode = settings.auth.mode
+    keys = KeyStore(database_path(settings.data_dir)) if mode == "keys" else None
+    if keys is not None:
+        log.info("auth: keys mode, %d active proxy keys", len(keys.list()))
+    elif mode == "signed":
+        log.info("auth: signed user ids (%s)", settings.auth.signature_header)
+    return Authenticator(settings, keys)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy.auth import Authenticator
 from proxy.config import Settings
 from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
 from proxy.identity import Identity, resolve_identity
@@ -44,6 +46,7 @@ class ChatServices:
     metrics: Metrics
     memory_error: str | None = None  # the memory layer could not be opened
     store: MemoryStore | None = None
+    auth: Authenticator | None = None  # None: no proxy keys, no signatures (tests)
 
 
 @dataclass
@@ -127,7 +130,11 @@ class ChatCompletions:
         settings = self.s.settings
         raw = await read_body(request, settings.server.max_body_bytes)
         body = parse_chat_body(raw)
-        identity = resolve_identity(request.headers, body, settings.identity)
+        auth = self.s.auth
+        identity = (
+            auth.identify(request.headers, body) if auth is not None
+            else resolve_identity(request.headers, body, settings.identity)
+        )
         outcome = await self._memories(identity, body["messages"])
         self.s.metrics.memory_status[outcome.status] += 1
         if outcome.messages is not None:
@@ -210,7 +217,8 @@ class ChatCompletions:
         try:
             with anyio.fail_after(self.s.settings.retrieval.timeout_ms / 1000):
                 found = await anyio.to_thread.run_sync(
-                    retriever.retrieve, user_id, query, abandon_on_cancel=True
+                    partial(retriever.retrieve, user_id, query, tenant=identity.tenant),
+                    abandon_on_cancel=True,
                 )
         except TimeoutError:
             self.s.metrics.memory_failures["timeout"] += 1

@@ -44,6 +44,10 @@ LAYOUT_COLLECTION = "memproxy_layout"
 
 
 class MemoryStore(Protocol):
+    """What the proxy needs of a store; ChromaStore is the implementation (see its methods)."""
+
+    history: MemoryHistory
+
     def add(
         self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api"
     ) -> None: ...
@@ -58,6 +62,33 @@ class MemoryStore(Protocol):
     ) -> list[Memory]: ...
 
     def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int: ...
+
+    def get(self, memory_id: str) -> Memory | None: ...
+
+    def update(
+        self, memory_id: str, *, text: str | None = None, vector: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None, actor: str = "api",
+    ) -> Memory | None: ...
+
+    def supersede(
+        self, old_id: str, new: Memory, vector: np.ndarray, *, actor: str = "api"
+    ) -> Memory | None: ...
+
+    def delete(self, memory_id: str, *, actor: str = "api") -> Memory | None: ...
+
+    def delete_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, int]: ...
+
+    def restore(
+        self, memories: Sequence[Memory], vectors: np.ndarray,
+        history: Sequence[HistoryEvent] = (), *, actor: str = "import",
+    ) -> None: ...
+
+    def list_page(
+        self, user_id: str, *, tenant: str = DEFAULT_TENANT, filters: Sequence[Condition] = (),
+        limit: int = 100, cursor: str | None = None, include_superseded: bool = False,
+    ) -> tuple[list[Memory], str | None]: ...
+
+    def all_memories(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Memory]: ...
 
     def close(self) -> None: ...
 

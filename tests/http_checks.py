@@ -59,7 +59,7 @@ def forwarded_chats(upstream: FakeUpstream) -> list[Any]:
 def memories_of(base_url: str, user_id: str) -> list[str]:
     response = httpx.get(f"{base_url}/v1/memories", params={"user_id": user_id})
     assert response.status_code == 200, response.text
-    return [m["text"] for m in response.json()["data"]]
+    return [m["memory"] for m in response.json()["data"]]
 
 
 def injected_positions(body: dict[str, Any]) -> list[int]:

@@ -77,7 +77,7 @@ def test_serve_then_chat_then_list_memories(tmp_path: Path, upstream: FakeUpstre
         )
         assert listed.returncode == 0 and "raw" in listed.stdout
         as_json = memproxy("memories", "list", "--user", "user_42", "--json", env=env)
-        assert [m["text"] for m in json.loads(as_json.stdout)] == ["I use Vim for everything"]
+        assert [m["memory"] for m in json.loads(as_json.stdout)] == ["I use Vim for everything"]
         nobody = memproxy("memories", "list", "--user", "user_43", "--url", base, env=env)
         assert "no memories for user user_43" in nobody.stdout
     finally:

@@ -47,6 +47,10 @@ class FailingStore:
         self._call()
         return []
 
+    def list_page(self, user_id: str, **kwargs: Any) -> tuple[list[Memory], str | None]:
+        self._call()
+        return [], None
+
     def count_user(self, user_id: str, **kwargs: Any) -> int:
         self._call()
         return 3

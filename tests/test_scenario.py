@@ -52,7 +52,7 @@ def test_new_conversation_gets_the_fact_and_other_users_do_not(
     assert first.parse().choices[0].message.content.startswith("echo: Hi!")
 
     stored = wait_until(lambda: memories_of(proxy.base_url, "user_42"))
-    texts = [m["text"] for m in stored]
+    texts = [m["memory"] for m in stored]
     if mode == "llm":
         assert texts == ["User is building this in Next.js with a Postgres backend"]
         extraction = upstream.extraction_requests()[0].json
@@ -83,7 +83,7 @@ def test_new_conversation_gets_the_fact_and_other_users_do_not(
     sent = upstream.chat_requests()[0].json
     assert injected_block(sent) is None
     assert "Next.js" not in str(sent)
-    assert all("Next.js" not in m["text"] for m in memories_of(proxy.base_url, "user_43"))
+    assert all("Next.js" not in m["memory"] for m in memories_of(proxy.base_url, "user_43"))
 
 
 @pytest.mark.e2e
