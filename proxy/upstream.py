@@ -38,6 +38,19 @@ def _without_hop_by_hop(items: Iterable[tuple[str, str]]) -> list[tuple[str, str
     ]
 
 
+def _header_bytes(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as the bytes that arrived: servers hand them over decoded as latin-1, and httpx
+    would encode str values as ASCII (a UTF-8 user id in a header would be a 500)."""
+
+    def encode(text: str) -> bytes:
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:  # our own values (a configured key) may be any text
+            return text.encode("utf-8")
+
+    return [(encode(name), encode(value)) for name, value in headers]
+
+
 def translate_transport_error(exc: httpx.HTTPError) -> UpstreamError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}")
@@ -105,7 +118,7 @@ class HttpUpstream:
         """Open a streamed response; the caller must ``aclose()`` it."""
         url = self.base_url + path
         request = self._client.build_request(
-            method, url, params=None, headers=headers, content=content
+            method, url, params=None, headers=_header_bytes(headers), content=content
         )
         if query:
             request.url = request.url.copy_with(query=query)

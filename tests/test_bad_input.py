@@ -161,3 +161,34 @@ def test_unknown_route_is_an_openai_shaped_404(shared: tuple[str, FakeUpstream])
     base_url, upstream = shared
     assert_openai_error(httpx.get(base_url + "/nope"), 404, "not_found")
     assert upstream.requests == []
+
+
+def test_non_ascii_header_bytes_are_forwarded_as_sent_not_500(
+    shared: tuple[str, FakeUpstream]
+) -> None:
+    base_url, upstream = shared
+    headers = {"X-User-Id": "jürgen-🙂".encode(), "X-Trace": b"caf\xe9"}  # UTF-8, latin-1
+    assert post(base_url, json.dumps(VALID).encode(), **headers).status_code == 200
+    assert httpx.get(base_url + "/v1/models", headers=headers).status_code == 200
+    for request in upstream.requests:
+        # Starlette decodes header bytes as latin-1: the same bytes arrived upstream.
+        assert request.headers["x-user-id"].encode("latin-1") == "jürgen-🙂".encode()
+        assert request.headers["x-trace"].encode("latin-1") == b"caf\xe9"
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({"X-User-Id": ""}, "header X-User-Id must not be empty"),
+        ({"X-User-Id": "u" * 257}, "header X-User-Id is longer than 256 characters"),
+        ({"X-User-Id": b"bad\x85id"}, "header X-User-Id must not contain control characters"),
+        ({"X-Memory-Mode": "always"}, "header X-Memory-Mode must be one of on, off, read, write"),
+    ],
+)
+def test_bad_ids_and_modes_say_what_is_wrong(
+    headers: dict[str, Any], says: str, shared: tuple[str, FakeUpstream]
+) -> None:
+    base_url, _ = shared
+    response = post(base_url, json.dumps(VALID).encode(), **headers)
+    assert_openai_error(response, 400, "invalid_header")
+    assert response.json()["error"]["message"].startswith(says)
