@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ log = logging.getLogger("memproxy.chat")
 
 STATUS_HEADER = "x-memory-status"
 COUNT_HEADER = "x-memory-injected"
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -88,6 +90,12 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     if not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("each item of 'messages' must be an object", param="messages")
     return body
+
+
+def valid_text(text: str) -> str:
+    """Text fit for the store: a lone surrogate ("\\ud800" parses as JSON but is no valid
+    Unicode) becomes U+FFFD; everything else (NUL, emoji, right-to-left) stays as it is."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def new_user_turn(messages: list[Any]) -> list[str]:
@@ -208,7 +216,7 @@ class ChatCompletions:
         if retriever is None:
             self.s.metrics.memory_failures["unavailable"] += 1
             return MemoryOutcome("degraded")
-        query = build_query(messages, self.s.settings.retrieval.short_query_chars)
+        query = valid_text(build_query(messages, self.s.settings.retrieval.short_query_chars))
         if not query:
             return MemoryOutcome("none")
         user_id = identity.user_id
@@ -241,7 +249,7 @@ class ChatCompletions:
         jobs = self.s.jobs
         # Read the key now: the request object is gone when a stream finishes.
         api_key = self.s.upstream.caller_api_key(request.headers)
-        user_texts = new_user_turn(body["messages"])
+        user_texts = [valid_text(text) for text in new_user_turn(body["messages"])]
 
         async def finish(assistant_text: str | None) -> None:
             """After a successful response: enqueue the exchange (durable, off the hot path)."""
@@ -251,7 +259,7 @@ class ChatCompletions:
             if not identity.writes or not user_texts:
                 return
             job = ExtractionJob(
-                identity=identity, user_texts=user_texts, assistant_text=assistant_text,
+                identity=identity, user_texts=user_texts, assistant_text=valid_text(assistant_text),
                 model=str(body.get("model", "")),
             )
             await jobs.submit(job, api_key, body["messages"])

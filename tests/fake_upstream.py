@@ -42,6 +42,7 @@ FIRST_PERSON_PREFIXES = (
 # Split on sentence punctuation only when followed by whitespace or the end, so that
 # "Next.js" or "3.5" survive as one sentence.
 SENTENCE_END = re.compile(r"[.!?]+(?:\s+|$)")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -278,7 +279,9 @@ class FakeUpstream:
             )
         else:
             queued = self._pop(self.replies)
-            content = queued if queued is not None else "echo: " + last_user_text(body)
+            # A lone surrogate ("\ud800") parses as JSON but cannot be sent back as UTF-8.
+            echo = LONE_SURROGATE.sub("\ufffd", last_user_text(body))
+            content = queued if queued is not None else "echo: " + echo
 
         n = next(self._ids)
         completion_id = f"chatcmpl-fake-{n}"
