@@ -471,12 +471,14 @@ class ChromaStore:
     ) -> None:
         """Write memories as given (ids, timestamps, supersede marks: an import).
 
-        ``history`` rows are kept as they were; a memory without any gets an ADD row.
+        ``history`` rows are kept as they were; a memory without any (given or stored) gets
+        an ADD row.
         An id already stored for the same owner is overwritten (importing twice is harmless).
         """
+        had_history = {event.memory_id for event in history}
+        had_history |= set(self.history.owners([m.id for m in memories]))
         if memories:
             self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=True)
-        had_history = {event.memory_id for event in history}
         self.history.record([
             *history,
             *(HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
