@@ -44,10 +44,10 @@ class Client:
         params = {k: v for k, v in (kwargs.pop("params", None) or {}).items() if v is not None}
         if self.tenant is not None:
             params.setdefault("tenant", self.tenant)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
         try:
             response = httpx.request(
-                method, self.url + path, params=params, headers=self.headers, timeout=300,
-                **kwargs,
+                method, self.url + path, params=params, headers=headers, timeout=300, **kwargs
             )
         except httpx.HTTPError as exc:
             raise CommandFailed(f"cannot reach {self.url}: {exc}") from exc
@@ -246,7 +246,7 @@ def _import(args: argparse.Namespace, client: Client) -> int:
             result = client.request(
                 "POST", "/v1/memories/import", params={"user_id": args.user},
                 content="\n".join(batch).encode("utf-8", "surrogatepass"),
-                headers={**client.headers, "content-type": "application/x-ndjson"},
+                headers={"content-type": "application/x-ndjson"},
             ).json()
             imported += result["imported"]
             history += result["history"]
