@@ -1,4 +1,5 @@
-"""A memory: one remembered fact of one owner (tenant + user), and its stored form.
+"""A memory: one remembered fact of one owner (tenant + user), its stored form, and the
+store seam (``MemoryStore``; proxy/store.py holds the Chroma implementation).
 
 In Chroma a memory is a document (its text), a vector and flat scalar metadata: the owner,
 agent and session, timestamps, the supersede marks and the user metadata as one JSON text
@@ -11,10 +12,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+
+from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
+from proxy.listing import Condition
 
 Owner = tuple[str, str]  # (tenant, user_id): whose memories
 
@@ -113,3 +119,53 @@ class Memory:
 class ScoredMemory:
     memory: Memory
     score: float
+
+
+class MemoryStore(Protocol):
+    """What the proxy needs of a store; ChromaStore is the implementation (see its methods)."""
+
+    history: MemoryHistory
+
+    def add(
+        self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api"
+    ) -> None: ...
+
+    def search(
+        self, user_id: str, vector: np.ndarray, k: int, *, tenant: str = DEFAULT_TENANT,
+        filters: Sequence[Condition] = (), include_superseded: bool = False,
+    ) -> list[ScoredMemory]: ...
+
+    def list_user(
+        self, user_id: str, limit: int, offset: int = 0, *, tenant: str = DEFAULT_TENANT
+    ) -> list[Memory]: ...
+
+    def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int: ...
+
+    def get(self, memory_id: str) -> Memory | None: ...
+
+    def update(
+        self, memory_id: str, *, text: str | None = None, vector: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None, actor: str = "api",
+    ) -> Memory | None: ...
+
+    def supersede(
+        self, old_id: str, new: Memory, vector: np.ndarray, *, actor: str = "api"
+    ) -> Memory | None: ...
+
+    def delete(self, memory_id: str, *, actor: str = "api") -> Memory | None: ...
+
+    def delete_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, int]: ...
+
+    def restore(
+        self, memories: Sequence[Memory], vectors: np.ndarray,
+        history: Sequence[HistoryEvent] = (), *, actor: str = "import",
+    ) -> None: ...
+
+    def list_page(
+        self, user_id: str, *, tenant: str = DEFAULT_TENANT, filters: Sequence[Condition] = (),
+        limit: int = 100, cursor: str | None = None, include_superseded: bool = False,
+    ) -> tuple[list[Memory], str | None]: ...
+
+    def all_memories(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Memory]: ...
+
+    def close(self) -> None: ...

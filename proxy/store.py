@@ -17,14 +17,12 @@ Superseded memories stay stored and listable; search leaves them out unless aske
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import zlib
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -34,124 +32,14 @@ from proxy.errors import MemoryUnavailable
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition, matches, page
-from proxy.memory import Memory, Owner, ScoredMemory
+from proxy.memory import Memory, MemoryStore, Owner, ScoredMemory
+from proxy.owner_cache import OwnerCache, UserIndex
 
 __all__ = ["ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of"]
 
 log = logging.getLogger("memproxy.store")
 
 LAYOUT_COLLECTION = "memproxy_layout"
-
-
-class MemoryStore(Protocol):
-    """What the proxy needs of a store; ChromaStore is the implementation (see its methods)."""
-
-    history: MemoryHistory
-
-    def add(
-        self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api"
-    ) -> None: ...
-
-    def search(
-        self, user_id: str, vector: np.ndarray, k: int, *, tenant: str = DEFAULT_TENANT,
-        filters: Sequence[Condition] = (), include_superseded: bool = False,
-    ) -> list[ScoredMemory]: ...
-
-    def list_user(
-        self, user_id: str, limit: int, offset: int = 0, *, tenant: str = DEFAULT_TENANT
-    ) -> list[Memory]: ...
-
-    def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int: ...
-
-    def get(self, memory_id: str) -> Memory | None: ...
-
-    def update(
-        self, memory_id: str, *, text: str | None = None, vector: np.ndarray | None = None,
-        metadata: dict[str, Any] | None = None, actor: str = "api",
-    ) -> Memory | None: ...
-
-    def supersede(
-        self, old_id: str, new: Memory, vector: np.ndarray, *, actor: str = "api"
-    ) -> Memory | None: ...
-
-    def delete(self, memory_id: str, *, actor: str = "api") -> Memory | None: ...
-
-    def delete_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, int]: ...
-
-    def restore(
-        self, memories: Sequence[Memory], vectors: np.ndarray,
-        history: Sequence[HistoryEvent] = (), *, actor: str = "import",
-    ) -> None: ...
-
-    def list_page(
-        self, user_id: str, *, tenant: str = DEFAULT_TENANT, filters: Sequence[Condition] = (),
-        limit: int = 100, cursor: str | None = None, include_superseded: bool = False,
-    ) -> tuple[list[Memory], str | None]: ...
-
-    def all_memories(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Memory]: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class UserIndex:
-    memories: list[Memory]
-    matrix: np.ndarray  # (n, dim) float32, unit rows
-    loaded_at: float = field(default_factory=time.monotonic)
-    _superseded: int | None = field(default=None, repr=False)
-
-    @property
-    def nbytes(self) -> int:
-        # Vectors plus a rough per-memory allowance for text and metadata objects.
-        return int(self.matrix.nbytes) + 400 * len(self.memories)
-
-    @property
-    def superseded(self) -> int:
-        if self._superseded is None:  # counted once per change, not per search
-            self._superseded = sum(1 for m in self.memories if m.superseded_by)
-        return self._superseded
-
-    def append(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
-        self._superseded = None
-        self.memories.extend(memories)
-        self.matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
-
-    def position(self, memory_id: str) -> int | None:
-        for i, memory in enumerate(self.memories):
-            if memory.id == memory_id:
-                return i
-        return None
-
-    def put(self, memory: Memory, vector: np.ndarray | None) -> None:
-        """Replace the memory with the same id (and its vector, when given)."""
-        self._superseded = None
-        row = self.position(memory.id)
-        if row is None:
-            if vector is not None:
-                self.append([memory], vector.reshape(1, -1))
-            return
-        self.memories[row] = memory
-        if vector is not None:
-            self.matrix[row] = vector.astype(np.float32, copy=False)
-
-    def remove(self, memory_ids: Iterable[str]) -> None:
-        self._superseded = None
-        gone = set(memory_ids)
-        keep = [i for i, m in enumerate(self.memories) if m.id not in gone]
-        self.memories = [self.memories[i] for i in keep]
-        self.matrix = self.matrix[keep]
-
-    def eligible(
-        self, filters: Sequence[Condition], include_superseded: bool
-    ) -> np.ndarray | None:
-        """Rows search may return; None when every row may (the common, fast case)."""
-        if not filters and (include_superseded or not self.superseded):
-            return None
-        return np.array(
-            [(include_superseded or not m.superseded_by) and matches(m, filters)
-             for m in self.memories],
-            dtype=bool,
-        )
 
 
 def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
@@ -208,11 +96,7 @@ class ChromaStore:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
-        self._cache: OrderedDict[Owner, UserIndex] = OrderedDict()
-        self._cache_bytes = 0
-        self._too_large: set[Owner] = set()  # owners searched in Chroma, never cached
-        self._shard_writes = [0] * self._shards  # a load that saw a write begin is not cached
-        self._lock = threading.RLock()
+        self._cache = OwnerCache(settings, self._shards)
 
     def _check_layout(self, wanted: int) -> int:
         layout = self._client.get_or_create_collection(
@@ -244,46 +128,18 @@ class ChromaStore:
         return self._collection_at(self._shard(owner))
 
     # -- cache -----------------------------------------------------------------
-    def _cached(self, owner: Owner) -> UserIndex | None:
-        index = self._cache.get(owner)
-        if index is None:
-            return None
-        ttl = self._settings.cache_ttl_seconds
-        if ttl and time.monotonic() - index.loaded_at > ttl:
-            self._evict(owner)
-            return None
-        self._cache.move_to_end(owner)
-        return index
-
-    def _evict(self, owner: Owner) -> None:
-        index = self._cache.pop(owner, None)
-        if index is not None:
-            self._cache_bytes -= index.nbytes
-
-    def _remember(self, owner: Owner, index: UserIndex) -> None:
-        self._evict(owner)
-        self._cache[owner] = index
-        self._cache_bytes += index.nbytes
-        limit = self._settings.cache_max_mb * 1024 * 1024
-        while self._cache_bytes > limit and len(self._cache) > 1:
-            oldest = next(iter(self._cache))
-            self._evict(oldest)
-
     def _load(self, owner: Owner) -> UserIndex | None:
         """The owner's index, from cache or Chroma; None when too large to cache."""
         shard = self._shard(owner)
-        with self._lock:
-            index = self._cached(owner)
-            if index is not None or owner in self._too_large:
-                return index
-            writes = self._shard_writes[shard]
+        index, too_large, writes = self._cache.lookup(owner, shard)
+        if index is not None or too_large:
+            return index
         got = self._collection_at(shard).get(
             where=_where(owner), include=["embeddings", "documents", "metadatas"]
         )
         ids = got["ids"]
         if len(ids) > self._settings.cache_max_user_records:
-            with self._lock:
-                self._too_large.add(owner)
+            self._cache.too_large(owner)
             return None
         embeddings = got["embeddings"]
         matrix = (
@@ -292,24 +148,12 @@ class ChromaStore:
             else np.zeros((0, self._dimension), dtype=np.float32)
         )
         index = UserIndex(_records(got), matrix)
-        with self._lock:
-            if self._shard_writes[shard] == writes:
-                self._remember(owner, index)
+        self._cache.remember(owner, index, shard, writes)
         return index
 
-    def _changed(self, owner: Owner, change: Any = None) -> None:
+    def _changed(self, owner: Owner, change: Callable[[UserIndex], None] | None = None) -> None:
         """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
-        with self._lock:
-            self._shard_writes[self._shard(owner)] += 1
-            index = self._cache.get(owner)
-            if index is None:
-                return
-            if change is None:
-                self._evict(owner)
-                return
-            self._cache_bytes -= index.nbytes
-            change(index)
-            self._cache_bytes += index.nbytes
+        self._cache.changed(owner, self._shard(owner), change)
 
     def _read(self, work: Any, *args: Any) -> Any:
         try:
@@ -461,8 +305,7 @@ class ChromaStore:
         except Exception as exc:
             raise MemoryUnavailable(f"store write failed: {exc}") from exc
         self._changed(owner)
-        with self._lock:
-            self._too_large.discard(owner)
+        self._cache.too_large(owner, False)
         return {"memories": len(ids), "history": self.history.delete_owner(tenant, user_id)}
 
     def restore(
@@ -489,11 +332,9 @@ class ChromaStore:
     def get(self, memory_id: str) -> Memory | None:
         """A memory by id, whoever owns it (callers check the owner)."""
         owner = self.history.owners([memory_id]).get(memory_id)
-        with self._lock:
-            index = self._cached(owner) if owner else None
-            row = index.position(memory_id) if index else None
-            if index is not None and row is not None:
-                return index.memories[row]
+        cached = self._cache.find(owner, memory_id) if owner else None
+        if cached is not None:
+            return cached
         shards = [self._shard(owner)] if owner else range(self._shards)
         for shard in shards:  # no history row (an older store): look in every shard
             got = self._read(
@@ -585,12 +426,9 @@ class ChromaStore:
 
     def cached_users(self) -> list[str]:
         """Users whose index is in memory, least recently used first."""
-        with self._lock:
-            return [user for _, user in self._cache]
+        return [user for _, user in self._cache.owners()]
 
     def close(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._cache_bytes = 0
+        self._cache.clear()
         self._collections.clear()
         self.history.close()
