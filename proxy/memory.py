@@ -23,6 +23,13 @@ from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition
 
 Owner = tuple[str, str]  # (tenant, user_id): whose memories
+# Ids never hold control characters (identity.check_id), so this cannot occur in a tenant.
+OWNER_SEPARATOR = "\x1f"
+
+
+def owner_key(owner: Owner) -> str:
+    """The owner as one metadata value: Chroma filters on one key ~3× faster than on two."""
+    return f"{owner[0]}{OWNER_SEPARATOR}{owner[1]}"
 
 
 @dataclass
@@ -52,29 +59,32 @@ class Memory:
     def owner(self) -> Owner:
         return (self.tenant, self.user_id)
 
-    def record_metadata(self) -> dict[str, Any]:
-        """The Chroma metadata: scalars only; every key always written (updates merge)."""
+    def record_metadata(self, *, for_update: bool = False) -> dict[str, Any]:
+        """The Chroma metadata: scalars only, only what is set (each key costs on every read).
+
+        ``for_update``: unset keys as None, which Chroma's update (a merge) deletes.
+        """
         meta: dict[str, Any] = {
-            "tenant": self.tenant,
-            "user_id": self.user_id,
+            "owner": owner_key(self.owner),  # the one key reads filter on
             "created_at": self.created_at,
-            "updated_at": self.updated_at,
             "source": self.source,
-            "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True),
-            # "" rather than absent: Chroma can filter on it (no $exists).
-            "superseded_by": self.superseded_by or "",
         }
-        # Chroma rejects None metadata values: absent means "not set".
-        if self.agent_id is not None:
-            meta["agent_id"] = self.agent_id
-        if self.session_id is not None:
-            meta["session_id"] = self.session_id
-        if self.valid_to is not None:
-            meta["valid_to"] = self.valid_to
+        optional = {
+            "updated_at": self.updated_at if self.updated_at != self.created_at else None,
+            "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True)
+            if self.metadata else None,
+            "superseded_by": self.superseded_by,
+            "valid_to": self.valid_to,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+        }
+        # Chroma rejects None values on add: absent means "not set".
+        meta.update({k: v for k, v in optional.items() if v is not None or for_update})
         return meta
 
     @classmethod
     def from_record(cls, memory_id: str, text: str, meta: dict[str, Any]) -> Memory:
+        tenant, _, user_id = str(meta["owner"]).partition(OWNER_SEPARATOR)
         try:
             user_metadata = json.loads(meta.get("metadata") or "{}")
         except ValueError:
@@ -83,13 +93,13 @@ class Memory:
         valid_to = meta.get("valid_to")
         return cls(
             id=memory_id,
-            user_id=str(meta["user_id"]),
+            user_id=user_id,
             text=text,
             created_at=created_at,
             agent_id=meta.get("agent_id"),
             session_id=meta.get("session_id"),
             source=str(meta.get("source", "llm")),
-            tenant=str(meta.get("tenant", DEFAULT_TENANT)),
+            tenant=tenant,
             updated_at=float(meta.get("updated_at") or created_at),
             metadata=user_metadata if isinstance(user_metadata, dict) else {},
             superseded_by=meta.get("superseded_by") or None,
@@ -102,6 +112,7 @@ class Memory:
             "id": self.id,
             "object": "memory",
             "memory": self.text,
+            "owner": owner_key(self.owner),  # the one key reads filter on
             "tenant": self.tenant,
             "user_id": self.user_id,
             "agent_id": self.agent_id,

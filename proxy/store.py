@@ -32,7 +32,7 @@ from proxy.errors import MemoryUnavailable
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition, matches, page
-from proxy.memory import Memory, MemoryStore, Owner, ScoredMemory
+from proxy.memory import Memory, MemoryStore, Owner, ScoredMemory, owner_key
 from proxy.owner_cache import OwnerCache, UserIndex
 
 __all__ = ["ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of"]
@@ -47,11 +47,8 @@ def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
 
 
-def _where(owner: Owner, *, active_only: bool = False) -> dict[str, Any]:
-    clauses: list[dict[str, Any]] = [{"tenant": owner[0]}, {"user_id": owner[1]}]
-    if active_only:
-        clauses.append({"superseded_by": ""})
-    return {"$and": clauses}
+def _where(owner: Owner) -> dict[str, Any]:
+    return {"owner": owner_key(owner)}
 
 
 def _chroma_settings() -> Any:
@@ -228,7 +225,7 @@ class ChromaStore:
                 kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
                 kwargs["documents"] = [memory.text]
             self._collection(memory.owner).update(
-                ids=[memory.id], metadatas=[memory.record_metadata()], **kwargs
+                ids=[memory.id], metadatas=[memory.record_metadata(for_update=True)], **kwargs
             )
         except Exception as exc:
             raise MemoryUnavailable(f"store write failed: {exc}") from exc
@@ -374,20 +371,20 @@ class ChromaStore:
         self, owner: Owner, vector: np.ndarray, k: int, filters: Sequence[Condition],
         include_superseded: bool,
     ) -> list[ScoredMemory]:
-        # Filters are applied to a widened candidate set: exact for most filters, approximate
-        # for very selective ones on owners too large to cache.
-        wanted = k * 10 if filters else k
+        # Filters (and leaving superseded memories out) apply to a widened candidate set: exact
+        # unless most of the nearest are filtered out, on owners too large to cache.
+        wanted = k if include_superseded and not filters else k * 10
         got = self._collection(owner).query(
             query_embeddings=[vector.astype(np.float32)],
             n_results=max(wanted, 1),
-            where=_where(owner, active_only=not include_superseded),
+            where=_where(owner),
             include=["documents", "metadatas", "distances"],
         )
         hits = [
             ScoredMemory(memory, 1.0 - float(distance))
             for memory, distance in zip(_records(got, nested=True), got["distances"][0],
                                         strict=True)
-            if matches(memory, filters)
+            if (include_superseded or not memory.superseded_by) and matches(memory, filters)
         ]
         return hits[:k]
 
@@ -420,9 +417,10 @@ class ChromaStore:
         index = self._read(self._load, owner)
         if index is not None:
             return len(index.memories) - index.superseded
-        return len(self._read(lambda: self._collection(owner).get(
-            where=_where(owner, active_only=True), include=[]
-        ))["ids"])
+        got = self._read(lambda: self._collection(owner).get(
+            where=_where(owner), include=["metadatas"]
+        ))
+        return sum(1 for meta in got["metadatas"] if not (meta or {}).get("superseded_by"))
 
     def cached_users(self) -> list[str]:
         """Users whose index is in memory, least recently used first."""

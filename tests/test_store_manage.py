@@ -130,3 +130,15 @@ def test_restore_reproduces_ids_marks_and_history(store: ChromaStore, tmp_path: 
     other.restore(memories, vectors(*[m.text for m in memories]))  # twice: no duplicates
     assert len(other.all_memories("u")) == 2
     other.close()
+
+
+def test_cleared_fields_stay_cleared_when_read_back_from_chroma(tmp_path: Path) -> None:
+    store = ChromaStore(StoreSettings(shards=2), tmp_path, EMBEDDER.dimension)
+    memory = Memory("u", "has a dog", metadata={"pet": "dog"}, agent_id="a")
+    store.add([memory], vectors("has a dog"))
+    store.update(memory.id, metadata={})
+    store.close()
+    cold = ChromaStore(StoreSettings(shards=2), tmp_path, EMBEDDER.dimension)
+    [read] = cold.all_memories("u")
+    assert read.metadata == {} and read.agent_id == "a" and read.updated_at > read.created_at
+    cold.close()
