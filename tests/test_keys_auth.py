@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -141,3 +142,16 @@ def test_signed_user_ids(
     anonymous = client.chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "user", "content": "hi"}])
     assert anonymous.headers["x-memory-status"] == "skipped"
+
+
+def test_identity_with_a_tenant_round_trips_through_a_job_row() -> None:
+    from dataclasses import asdict
+
+    from proxy.identity import Identity
+    from proxy.jobs import identity_from_json, owner_of
+
+    identity = Identity("u1", "agent", "s", "read", tenant="A")
+    assert Identity(**asdict(identity)) == identity
+    assert identity_from_json(json.dumps(asdict(identity))) == identity
+    assert identity_from_json(json.dumps({"user_id": "u1"})).tenant == "default"
+    assert owner_of(identity) != owner_of(Identity("u1", tenant="B"))
