@@ -109,7 +109,8 @@ class ExtractionWorkers:
         self.counts: Counter[str] = Counter()
         self.db_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a new job, a woken owner, shutdown
+        self._stop = asyncio.Event()
         self._stopping = False
         self._waiting_owners: set[str] = set()
         self._in_flight: dict[int, ExtractionJob] = {}
@@ -203,6 +204,7 @@ class ExtractionWorkers:
     async def stop(self, grace_seconds: float) -> None:
         """Finish in-flight jobs within the grace period; release the rest."""
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         if not self._tasks:
             return
@@ -222,14 +224,11 @@ class ExtractionWorkers:
                 self._waiting_owners |= await self._db(self.queue.waiting_owners)
             except Exception as exc:
                 log.warning("jobs maintenance failed: %s", exc)
-            await self._sleep(MAINTENANCE_SECONDS)
+            await _wait(self._stop, MAINTENANCE_SECONDS)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep until woken (a new job, shutdown) or ``seconds`` passed."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await _wait(self._wake, seconds)
 
     async def _claim(self) -> ExtractionJob | None:
         job: ExtractionJob | None = await self._db(self.queue.claim, self.token)
@@ -243,7 +242,8 @@ class ExtractionWorkers:
                     self._wake.clear()
                     job = await self._claim()  # a job that came in before the clear
                 if job is None:
-                    await self._sleep(self._settings.poll_seconds)
+                    if not self._stopping:
+                        await self._sleep(self._settings.poll_seconds)
                     continue
                 await self._run(job)
             except asyncio.CancelledError:
@@ -280,6 +280,8 @@ class ExtractionWorkers:
             error = redact(f"{type(exc).__name__}: {exc}", job.api_key)
             state = await self._db(self.queue.fail, job_id, self.token, job.attempts, error)
             self.counts["dead" if state == "dead" else "attempt_failures"] += 1
+            if state == "dead":
+                self.keys.forget(job_id)
             log.warning("extraction job %d attempt %d failed (%s): %s",
                         job_id, job.attempts, state, error)
         else:
@@ -298,3 +300,10 @@ class ExtractionWorkers:
                 await self._db(self.queue.renew, job_id, self.token)
             except Exception as exc:
                 log.warning("could not renew the lease of job %d: %s", job_id, exc)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
