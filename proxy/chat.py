@@ -143,7 +143,7 @@ class ChatCompletions:
             auth.identify(request.headers, body) if auth is not None
             else resolve_identity(request.headers, body, settings.identity)
         )
-        outcome = await self._memories(identity, body["messages"])
+        outcome = await self._memories(identity, body["messages"], body.get("model"))
         self.s.metrics.memory_status[outcome.status] += 1
         if outcome.messages is not None:
             forwarded = {**body, "messages": outcome.messages}
@@ -209,7 +209,9 @@ class ChatCompletions:
             response.status_code, headers, _tee(iter_raw(response), assembler), on_finish
         )
 
-    async def _memories(self, identity: Identity, messages: list[Any]) -> MemoryOutcome:
+    async def _memories(
+        self, identity: Identity, messages: list[Any], model: Any = None
+    ) -> MemoryOutcome:
         retriever = self.s.retriever
         if not identity.reads:
             return MemoryOutcome("skipped")
@@ -225,7 +227,8 @@ class ChatCompletions:
         try:
             with anyio.fail_after(self.s.settings.retrieval.timeout_ms / 1000):
                 found = await anyio.to_thread.run_sync(
-                    partial(retriever.retrieve, user_id, query, tenant=identity.tenant),
+                    partial(retriever.retrieve, user_id, query, tenant=identity.tenant,
+                            model=model if isinstance(model, str) else None),
                     abandon_on_cancel=True,
                 )
         except TimeoutError:

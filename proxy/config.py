@@ -80,12 +80,30 @@ class StoreSettings(_Section):
 
 
 class RetrievalSettings(_Section):
+    """Hybrid ranking (proxy/ranking.py): dense + BM25 fused, recency on ties, then MMR."""
+
     top_k: int = 8
+    # Users with more memories: a memory needs a query term or at least this cosine.
     min_score: float = 0.05
     max_tokens: int = 400
     timeout_ms: int = 250
     core_when_at_most: int = 12
     short_query_chars: int = 24
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    dense_weight: float = Field(default=0.5, ge=0)
+    keyword_weight: float = Field(default=0.5, ge=0)
+    rrf_k: int = Field(default=60, ge=1)
+    tie_tolerance: float = Field(default=0.005, ge=0)
+    mmr_lambda: float = Field(default=0.7, ge=0, le=1)
+    mmr_similarity_floor: float = Field(default=0.6, ge=0, lt=1)
+    mmr_pool: int = Field(default=3, ge=1)
+    large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RetrievalSettings:
+        if self.dense_weight + self.keyword_weight <= 0:
+            raise ValueError("retrieval.dense_weight and keyword_weight must not both be 0")
+        return self
 
 
 class ExtractionSettings(_Section):

@@ -132,6 +132,19 @@ class ScoredMemory:
     score: float
 
 
+@dataclass
+class Candidates:
+    """An owner's memories scored for one query, row-aligned, for proxy/ranking.py."""
+
+    memories: Sequence[Memory]
+    dense: np.ndarray  # cosine similarity to the query
+    keyword: np.ndarray  # BM25 score (0: no query term)
+    created_at: np.ndarray
+    vectors: np.ndarray  # unit rows (MMR)
+    eligible: np.ndarray  # rows the caller may get back (filters, superseded)
+    complete: bool = True  # False: the nearest rows of an owner too large to cache
+
+
 class MemoryStore(Protocol):
     """What the proxy needs of a store; ChromaStore is the implementation (see its methods)."""
 
@@ -145,6 +158,11 @@ class MemoryStore(Protocol):
         self, user_id: str, vector: np.ndarray, k: int, *, tenant: str = DEFAULT_TENANT,
         filters: Sequence[Condition] = (), include_superseded: bool = False,
     ) -> list[ScoredMemory]: ...
+
+    def candidates(
+        self, user_id: str, vector: np.ndarray, query: str, *, tenant: str = DEFAULT_TENANT,
+        filters: Sequence[Condition] = (), include_superseded: bool = False, pool: int = 200,
+    ) -> Candidates: ...
 
     def list_user(
         self, user_id: str, limit: int, offset: int = 0, *, tenant: str = DEFAULT_TENANT

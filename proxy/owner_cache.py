@@ -1,9 +1,12 @@
 """The in-process cache in front of Chroma: one index per owner (tenant + user), LRU-bounded.
 
-An index holds the owner's memories and a unit-vector matrix, so a search is one
-matrix-vector product. Writes change a cached index in place (after Chroma has them); a load
-that raced a write to its shard is used once but not cached, so the cache never holds less
-than Chroma does. Owners too large to cache are remembered and searched in Chroma.
+An index holds the owner's memories, a unit-vector matrix (a dense search is one
+matrix-vector product) and a BM25 keyword index over the same rows, in the same order, kept
+in step on every add, update, supersede and delete (proxy/keyword.py); one Analyzer (and its
+stem memo) is shared by every cached owner. Writes change a cached index in place (after
+Chroma has them); a load that raced a write to its shard is used once but not cached, so
+the cache never holds less than Chroma does. Owners too large to cache are remembered and
+searched in Chroma.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from proxy.config import StoreSettings
+from proxy.keyword import Analyzer, KeywordIndex
 from proxy.listing import Condition, matches
 from proxy.memory import Memory, Owner
 
@@ -25,13 +29,33 @@ from proxy.memory import Memory, Owner
 class UserIndex:
     memories: list[Memory]
     matrix: np.ndarray  # (n, dim) float32, unit rows
+    keyword: KeywordIndex = field(default_factory=KeywordIndex)  # row i = memories[i]
     loaded_at: float = field(default_factory=time.monotonic)
     _superseded: int | None = field(default=None, repr=False)
+    _created_at: np.ndarray | None = field(default=None, repr=False)
+    # Held while rows change and while a search reads them, so the three stay aligned.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @classmethod
+    def build(cls, memories: list[Memory], matrix: np.ndarray, analyzer: Analyzer) -> UserIndex:
+        keyword = KeywordIndex(analyzer)
+        keyword.add([m.text for m in memories], [m.created_at for m in memories])
+        return cls(memories, matrix, keyword)
 
     @property
     def nbytes(self) -> int:
-        # Vectors plus a rough per-memory allowance for text and metadata objects.
-        return int(self.matrix.nbytes) + 400 * len(self.memories)
+        # Vectors, postings, plus a rough per-memory allowance for text and metadata.
+        return int(self.matrix.nbytes) + self.keyword.nbytes + 400 * len(self.memories)
+
+    @property
+    def created_at(self) -> np.ndarray:
+        if self._created_at is None or len(self._created_at) != len(self.memories):
+            self._created_at = np.array([m.created_at for m in self.memories], dtype=np.float64)
+        return self._created_at
+
+    def _changed(self) -> None:
+        self._superseded = None
+        self._created_at = None
 
     @property
     def superseded(self) -> int:
@@ -40,9 +64,11 @@ class UserIndex:
         return self._superseded
 
     def append(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
-        self._superseded = None
-        self.memories.extend(memories)
-        self.matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
+        with self.lock:
+            self._changed()
+            self.memories.extend(memories)
+            self.matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
+            self.keyword.add([m.text for m in memories], [m.created_at for m in memories])
 
     def position(self, memory_id: str) -> int | None:
         for i, memory in enumerate(self.memories):
@@ -52,22 +78,28 @@ class UserIndex:
 
     def put(self, memory: Memory, vector: np.ndarray | None) -> None:
         """Replace the memory with the same id (and its vector, when given)."""
-        self._superseded = None
-        row = self.position(memory.id)
-        if row is None:
+        with self.lock:
+            self._changed()
+            row = self.position(memory.id)
+            if row is None:
+                if vector is not None:
+                    self.append([memory], vector.reshape(1, -1))
+                return
+            before = self.memories[row]
+            self.memories[row] = memory
             if vector is not None:
-                self.append([memory], vector.reshape(1, -1))
-            return
-        self.memories[row] = memory
-        if vector is not None:
-            self.matrix[row] = vector.astype(np.float32, copy=False)
+                self.matrix[row] = vector.astype(np.float32, copy=False)
+            if (before.text, before.created_at) != (memory.text, memory.created_at):
+                self.keyword.replace(row, memory.text, memory.created_at)
 
     def remove(self, memory_ids: Iterable[str]) -> None:
-        self._superseded = None
-        gone = set(memory_ids)
-        keep = [i for i, m in enumerate(self.memories) if m.id not in gone]
-        self.memories = [self.memories[i] for i in keep]
-        self.matrix = self.matrix[keep]
+        with self.lock:
+            self._changed()
+            gone = set(memory_ids)
+            keep = [i for i, m in enumerate(self.memories) if m.id not in gone]
+            self.keyword.remove(i for i, m in enumerate(self.memories) if m.id in gone)
+            self.memories = [self.memories[i] for i in keep]
+            self.matrix = self.matrix[keep]
 
     def eligible(
         self, filters: Sequence[Condition], include_superseded: bool
@@ -92,6 +124,7 @@ class OwnerCache:
         self._too_large: set[Owner] = set()  # owners searched in Chroma, never cached
         self._shard_writes = [0] * shards  # a load that saw a write begin is not cached
         self._lock = threading.RLock()
+        self.analyzer = Analyzer()  # shared: its stem memo serves every owner
 
     def _get(self, owner: Owner) -> UserIndex | None:
         index = self._indexes.get(owner)

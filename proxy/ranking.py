@@ -195,16 +195,18 @@ def rank_memories(
     created_at: np.ndarray | None = None,
     vectors: np.ndarray | None = None,
     superseded_by: Sequence[str | None] | None = None,
+    eligible: np.ndarray | None = None,
 ) -> Ranked:
     """The best ``k`` memories: fused, superseded ones out, recency on ties, then MMR.
 
     ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
-    score; ``vectors`` (unit rows) enable the MMR pass.
+    score; ``vectors`` (unit rows) enable the MMR pass. ``eligible`` (a boolean mask, e.g.
+    the caller's filters) narrows the pool further; normalisation runs over the pool only.
     """
     params = params or RankingParams()
-    eligible = None
     if superseded_by is not None:
-        eligible = eligible_mask(superseded_by, params.include_superseded)
+        mask = eligible_mask(superseded_by, params.include_superseded)
+        eligible = mask if eligible is None else mask & eligible
     fused = fuse(dense, keyword, params, eligible)
     order = order_by_score(fused, created_at, eligible, params.tie_tolerance)
     if vectors is not None and params.mmr_lambda < 1.0:

@@ -1,16 +1,21 @@
-"""Choosing which memories go into a request: query, ranking, threshold, budget."""
+"""Choosing which memories go into a request: query, hybrid ranking, gating, budget."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from proxy.config import RetrievalSettings
 from proxy.embedding import Embedder
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition
+from proxy.ranking import RankingParams, rank_memories
 from proxy.store import MemoryStore, ScoredMemory
+from proxy.tokens import TokenCounter, estimate_tokens
+
+__all__ = ["Retriever", "build_query", "estimate_tokens", "message_text", "ranking_params"]
 
 
 def message_text(content: Any) -> str:
@@ -45,16 +50,34 @@ def build_query(messages: Sequence[Any], short_query_chars: int) -> str:
     return ""
 
 
-def estimate_tokens(text: str) -> int:
-    # ~4 characters per token for English; bullets and dates add a few.
-    return math.ceil(len(text) / 4) + 6
+def ranking_params(settings: RetrievalSettings, include_superseded: bool) -> RankingParams:
+    return RankingParams(
+        fusion=settings.fusion, dense_weight=settings.dense_weight,
+        keyword_weight=settings.keyword_weight, rrf_k=settings.rrf_k,
+        tie_tolerance=settings.tie_tolerance, mmr_lambda=settings.mmr_lambda,
+        mmr_similarity_floor=settings.mmr_similarity_floor, mmr_pool=settings.mmr_pool,
+        include_superseded=include_superseded,
+    )
 
 
 class Retriever:
-    def __init__(self, embedder: Embedder, store: MemoryStore, settings: RetrievalSettings):
+    """Hybrid retrieval: dense + BM25 fused (proxy/ranking.py), then the token budget.
+
+    Gating: fused scores are min-max normalised per query — relative, so no fixed threshold
+    on them means "irrelevant" (the weakest memory always scores 0). Users with at most
+    ``core_when_at_most`` memories get all of them ranked, none gated: they are the user's
+    profile. Above that, a memory must show absolute evidence to be a candidate: a query
+    term (BM25 > 0) or a cosine of at least ``min_score``.
+    """
+
+    def __init__(
+        self, embedder: Embedder, store: MemoryStore, settings: RetrievalSettings,
+        tokens: TokenCounter | None = None,
+    ):
         self._embedder = embedder
         self._store = store
         self._settings = settings
+        self.tokens = tokens or TokenCounter()
 
     def retrieve(
         self,
@@ -66,42 +89,50 @@ class Retriever:
         filters: Sequence[Condition] = (),
         include_superseded: bool = False,
         budget: bool = True,
+        model: str | None = None,
     ) -> list[ScoredMemory]:
         """Blocking: embeds and searches. Run it in a worker thread.
 
-        The chat path uses the defaults; the search API passes its ``limit`` and ``filters``
-        and skips the token budget, ranking the same way.
+        The chat path uses the defaults (and its ``model`` for counting tokens); the search
+        API passes its ``limit`` and ``filters`` and skips the token budget, ranking the
+        same way. Scores are the fused scores (0–1, relative to the user's other memories).
         """
-        if not query:
-            return []
         settings = self._settings
         top_k = settings.top_k if limit is None else limit
-        vector = self._embedder.embed([query])[0]
-        total = self._store.count_user(user_id, tenant=tenant)
-        if total == 0:
+        if not query or top_k <= 0:
             return []
+        vector = self._embedder.embed([query])[0]
+        found = self._store.candidates(
+            user_id, vector, query, tenant=tenant, filters=filters,
+            include_superseded=include_superseded,
+            pool=max(settings.large_user_pool, settings.mmr_pool * top_k),
+        )
+        eligible = np.asarray(found.eligible, dtype=bool)
+        available = int(eligible.sum())
+        if available == 0:
+            return []
+        if available > settings.core_when_at_most:
+            eligible = eligible & ((found.dense >= settings.min_score) | (found.keyword > 0))
+            if not eligible.any():
+                return []
+        ranked = rank_memories(
+            found.dense, found.keyword, top_k,
+            ranking_params(settings, include_superseded),
+            created_at=found.created_at, vectors=found.vectors, eligible=eligible,
+        )
+        chosen = [
+            ScoredMemory(found.memories[int(i)], float(score))
+            for i, score in zip(ranked.indices, ranked.scores, strict=True)
+        ]
+        return self._within_budget(chosen, model) if budget else chosen
 
-        def search(k: int) -> list[ScoredMemory]:
-            return self._store.search(
-                user_id, vector, k, tenant=tenant, filters=filters,
-                include_superseded=include_superseded,
-            )
-
-        if total <= settings.core_when_at_most:
-            # Few memories: they are the user's profile. Similarity ranks them but does not
-            # gate them (MiniLM scores "what stack am I using?" vs the stack fact ~0.1).
-            candidates = search(total)
-        else:
-            hits = search(top_k)
-            candidates = [h for h in hits if h.score >= settings.min_score]
-        ranked = candidates[: max(top_k, 0) or len(candidates)]
-        return self._within_budget(ranked) if budget else ranked
-
-    def _within_budget(self, ranked: Sequence[ScoredMemory]) -> list[ScoredMemory]:
+    def _within_budget(
+        self, ranked: Sequence[ScoredMemory], model: str | None
+    ) -> list[ScoredMemory]:
         chosen: list[ScoredMemory] = []
         used = 0
         for scored in ranked:
-            cost = estimate_tokens(scored.memory.text)
+            cost = self.tokens.count(scored.memory.text, model)
             if used + cost > self._settings.max_tokens:
                 continue
             chosen.append(scored)

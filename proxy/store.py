@@ -31,11 +31,14 @@ from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
+from proxy.keyword import KeywordIndex
 from proxy.listing import Condition, matches, page
-from proxy.memory import Memory, MemoryStore, Owner, ScoredMemory, owner_key
+from proxy.memory import Candidates, Memory, MemoryStore, Owner, ScoredMemory, owner_key
 from proxy.owner_cache import OwnerCache, UserIndex
 
-__all__ = ["ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of"]
+__all__ = [
+    "Candidates", "ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of",
+]
 
 log = logging.getLogger("memproxy.store")
 
@@ -144,7 +147,7 @@ class ChromaStore:
             if len(ids)
             else np.zeros((0, self._dimension), dtype=np.float32)
         )
-        index = UserIndex(_records(got), matrix)
+        index = UserIndex.build(_records(got), matrix, self._cache.analyzer)
         self._cache.remember(owner, index, shard, writes)
         return index
 
@@ -366,6 +369,60 @@ class ChromaStore:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top])]
         return [ScoredMemory(index.memories[i], float(scores[i])) for i in top]
+
+    def candidates(
+        self, user_id: str, vector: np.ndarray, query: str, *, tenant: str = DEFAULT_TENANT,
+        filters: Sequence[Condition] = (), include_superseded: bool = False, pool: int = 200,
+    ) -> Candidates:
+        """Dense and BM25 scores of the owner's memories for a query (hybrid retrieval).
+
+        Cached owners: every memory. Owners too large to cache: the ``pool`` nearest by
+        vector in Chroma, keyword-scored among themselves (a keyword-only match outside
+        that pool is missed there).
+        """
+        owner = (tenant, user_id)
+        vector = np.asarray(vector, dtype=np.float32)
+        index = self._read(self._load, owner)
+        if index is None:
+            return self._read(
+                self._candidates_in_chroma, owner, vector, query, filters, include_superseded,
+                pool,
+            )
+        with index.lock:
+            memories = list(index.memories)
+            vectors = index.matrix
+            dense = vectors @ vector if len(memories) else np.zeros(0, dtype=np.float32)
+            keyword = index.keyword.scores(query)
+            created_at = index.created_at
+            eligible = index.eligible(filters, include_superseded)
+        if eligible is None:
+            eligible = np.ones(len(memories), dtype=bool)
+        return Candidates(memories, dense, keyword, created_at, vectors, eligible)
+
+    def _candidates_in_chroma(
+        self, owner: Owner, vector: np.ndarray, query: str, filters: Sequence[Condition],
+        include_superseded: bool, pool: int,
+    ) -> Candidates:
+        got = self._collection(owner).query(
+            query_embeddings=[vector], n_results=max(pool, 1), where=_where(owner),
+            include=["documents", "metadatas", "embeddings"],
+        )
+        memories = [
+            m for m in _records(got, nested=True)
+            if (include_superseded or not m.superseded_by) and matches(m, filters)
+        ]
+        wanted = {m.id for m in memories}
+        rows = [i for i, memory_id in enumerate(got["ids"][0]) if memory_id in wanted]
+        vectors = np.asarray(got["embeddings"][0], dtype=np.float32)[rows].reshape(
+            len(rows), -1)
+        keyword = KeywordIndex(self._cache.analyzer)
+        created = [m.created_at for m in memories]
+        keyword.add([m.text for m in memories], created)
+        return Candidates(
+            memories, vectors @ vector if rows else np.zeros(0, dtype=np.float32),
+            keyword.scores(query), np.asarray(created, dtype=np.float64), vectors,
+            np.ones(len(memories), dtype=bool), complete=False,
+        )
 
     def _search_in_chroma(
         self, owner: Owner, vector: np.ndarray, k: int, filters: Sequence[Condition],

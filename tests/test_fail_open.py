@@ -19,7 +19,7 @@ from http_checks import CHAT_PATH, closed_port, forwarded_chats, injected_positi
 from proxy.config import Settings
 from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
-from proxy.store import Memory, ScoredMemory
+from proxy.store import Candidates, Memory, ScoredMemory
 
 
 class FailingStore:
@@ -42,6 +42,11 @@ class FailingStore:
     ) -> list[ScoredMemory]:
         self._call()
         return []
+
+    def candidates(self, user_id: str, vector: np.ndarray, query: str, **kwargs: Any) -> Any:
+        self._call()
+        return Candidates([], *(np.zeros(0) for _ in range(3)), np.zeros((0, 8)),
+                          np.zeros(0, dtype=bool))
 
     def list_user(self, user_id: str, limit: int, offset: int = 0, **kwargs: Any) -> list[Memory]:
         self._call()
