@@ -1,0 +1,546 @@
+"""What memproxy adds to a chat request: the fake upstream called directly vs through the proxy.
+
+    .venv/bin/python bench/overhead.py [--quick]
+
+Three processes: the fake upstream (bench/_serve_fake.py, tests' FakeUpstream under uvicorn),
+the proxy (``python -m proxy serve``, configured by MEMPROXY_* env, real all-MiniLM-L6-v2
+ONNX embedder, extraction off) and this process, the load generator (aiohttp, uvloop).
+Scenarios, all measured in the same run and interleaved round by round so that drift on a
+noisy machine hits each of them alike:
+
+- direct           the fake upstream, no proxy (the baseline);
+- memory off       through the proxy without a user → passthrough, X-Memory-Status: skipped;
+- memory on, 1k    X-User-Id of a user holding 1,000 memories, X-Memory-Mode: read;
+- memory on, 10k   the same for a user holding 10,000 memories.
+
+Stored memories are generated fact sentences embedded by the real model (vectors cached
+under bench/results/.cache), written through ChromaStore into the proxy's data dir before the
+proxy starts. Every request carries a different question, so the proxy's query-embedding cache
+never hits: each memory-on request pays one real embedding. Measured: latency percentiles and
+requests/s at concurrency 1 and 32 (non-streaming), and time to first body byte of a streamed
+answer at concurrency 1. Nothing is asserted; targets are reported as met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from _results import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    fmt,
+    machine,
+    markdown_table,
+    percentiles,
+    write_results,
+)
+
+# The proxy package beside this bench/ (not whichever checkout the venv has installed).
+sys.path.insert(0, str(REPO_ROOT))
+
+CACHE_DIR = RESULTS_DIR / ".cache"
+USER_1K = "bench-user-1k"
+USER_10K = "bench-user-10k"
+TARGETS_MS = {"mem_on_p50": 10.0, "mem_on_p99": 30.0, "mem_off_p50": 2.0, "ttfb_p50": 10.0}
+
+
+# -- texts ---------------------------------------------------------------------------------
+NAMES = ["Ana", "Ben", "Chloé", "Dmitri", "Emeka", "Farah", "Guo", "Hana", "Ivan", "Jonas",
+         "Kofi", "Lena", "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
+CITIES = ["Lisbon", "Osaka", "Nairobi", "Toronto", "Kraków", "Lyon", "Austin", "Hanoi",
+          "Porto", "Tbilisi", "Oslo", "Cape Town", "Valencia", "Seoul", "Denver", "Bruges"]
+RELATIONS = ["sister", "brother", "mother", "father", "partner", "best friend", "manager",
+             "daughter", "son", "neighbour", "cousin", "flatmate"]
+FOODS = ["peanuts", "shellfish", "gluten", "lactose", "coriander", "mushrooms", "olives",
+         "spicy food", "sushi", "ramen", "dark chocolate", "blue cheese", "oat milk"]
+LANGS = ["Python", "Rust", "TypeScript", "Go", "Kotlin", "Elixir", "C#", "Swift", "Haskell"]
+STACKS = ["Next.js with a Postgres backend", "Django and HTMX", "FastAPI and SQLite",
+          "a Rails monolith", "Svelte and Supabase", "Flutter and Firebase", "Phoenix LiveView"]
+PETS = ["cat", "dog", "parrot", "rabbit", "tortoise", "ferret", "goldfish"]
+HOBBIES = ["bouldering", "sourdough baking", "chess", "trail running", "watercolour painting",
+           "the cello", "Japanese", "woodworking", "salsa dancing", "birdwatching"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
+JOBS = ["data engineer", "nurse", "product designer", "high-school teacher", "architect",
+        "backend developer", "accountant", "physiotherapist", "journalist", "chef"]
+FACT_TEMPLATES = [
+    "User's {relation} {name} lives in {city}.",
+    "User is allergic to {food}.",
+    "User prefers {lang} over {lang2} for side projects.",
+    "User works as a {job} in {city}.",
+    "User has a {pet} named {name}.",
+    "User is planning a trip to {city} in {month}.",
+    "User is learning {hobby} and practises on weekends.",
+    "User's {relation}'s birthday is on {month} {day}.",
+    "User is building an app in {stack}.",
+    "User dislikes {food} and orders {food2} instead.",
+    "User met {name} at a {hobby} class in {city}.",
+    "User moved to {city} in {month} {year}.",
+    "User wants to run a half marathon in {city} in {month}.",
+    "User's {relation} works as a {job}.",
+    "User asked to be reminded about {name}'s visit on {month} {day}.",
+]
+QUESTION_TEMPLATES = [
+    "What did I tell you about my {relation} and {city}?",
+    "Can you suggest a dinner in {city} that works with my diet, maybe with {food}?",
+    "Which language did I say I prefer for side projects, {lang} or something else?",
+    "Remind me what I planned for {month}, was it related to {city}?",
+    "I have a free weekend in {month}; what should I do given my hobbies like {hobby}?",
+    "Write a short birthday message for my {relation} {name}.",
+    "How should I structure the database for my app if I use {lang}?",
+    "What gift would suit {name}, who is into {hobby}?",
+    "Help me plan a {days}-day itinerary for {city} with my {relation}.",
+    "Is {food} okay for me to eat, considering what you know about me?",
+    "Draft an email to my {relation} about the trip to {city} in {month}.",
+    "What should I pack for {city} in {month} if I also want to do some {hobby}?",
+]
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    lang, lang2 = rng.sample(LANGS, 2)
+    food, food2 = rng.sample(FOODS, 2)
+    return template.format(
+        name=rng.choice(NAMES), city=rng.choice(CITIES), relation=rng.choice(RELATIONS),
+        food=food, food2=food2, lang=lang, lang2=lang2, stack=rng.choice(STACKS),
+        pet=rng.choice(PETS), hobby=rng.choice(HOBBIES), month=rng.choice(MONTHS),
+        day=rng.randint(1, 28), year=rng.randint(2015, 2025), job=rng.choice(JOBS),
+        days=rng.randint(2, 9),
+    )
+
+
+def fact_texts(n: int, seed: int) -> list[str]:
+    """n distinct, varied one-line facts about a user."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n:
+        text = _fill(rng.choice(FACT_TEMPLATES), rng)
+        if text in seen:
+            text = f"{text[:-1]} (noted in {rng.choice(MONTHS)} {rng.randint(2015, 2025)})."
+            if text in seen:
+                continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def unique_questions(seed: int) -> Iterator[str]:
+    """An endless stream of distinct questions (so no query-embedding cache hits)."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    for serial in itertools.count():
+        text = _fill(rng.choice(QUESTION_TEMPLATES), rng)
+        if text in seen:
+            text = f"{text} (asking again, {serial})"
+        seen.add(text)
+        yield text
+
+
+# -- populating the store (in a child process, so only the proxy holds Chroma open) --------
+def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
+    from proxy.config import EmbeddingSettings, StoreSettings
+    from proxy.embedding import SentenceTransformerEmbedder
+    from proxy.store import ChromaStore, Memory
+
+    started = time.perf_counter()
+    # Exports the ONNX model into the cache (the proxy loads it from there) on the first run.
+    embedder = SentenceTransformerEmbedder(EmbeddingSettings(), CACHE_DIR)
+    model_seconds = time.perf_counter() - started
+    store = ChromaStore(StoreSettings(), Path(data_dir), embedder.dimension)
+    embed_seconds = insert_seconds = 0.0
+    for seed, (user_id, count) in enumerate(users.items()):
+        texts = fact_texts(count, seed=1000 + seed)
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        cached = CACHE_DIR / f"fact-vectors-{digest}.npy"
+        t0 = time.perf_counter()
+        if cached.exists():
+            vectors = np.load(cached)
+        else:
+            vectors = np.concatenate(
+                [embedder.embed(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+            )
+            np.save(cached, vectors)
+        embed_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        base = time.time() - count * 60
+        memories = [
+            Memory(user_id=user_id, text=text, created_at=base + i * 60, source="bench")
+            for i, text in enumerate(texts)
+        ]
+        for i in range(0, count, 2000):
+            store.add(memories[i : i + 2000], vectors[i : i + 2000])
+        insert_seconds += time.perf_counter() - t0
+        assert store.count_user(user_id) == count, "populated store lost memories"
+    store.close()
+    return {"model_load_s": model_seconds, "embed_s": embed_seconds, "insert_s": insert_seconds}
+
+
+# -- servers ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    import httpx
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+
+
+def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
+    fake_port, proxy_port = free_port(), free_port()
+    fake = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / "_serve_fake.py"), "--port", str(fake_port)],
+        stdout=open(logs / "overhead-fake.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMPROXY_")}
+    env.update({
+        "MEMPROXY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "MEMPROXY_DATA_DIR": str(data_dir),
+        "MEMPROXY_EXTRACTION_MODE": "off",
+        "MEMPROXY_HOST": "127.0.0.1",
+        "MEMPROXY_PORT": str(proxy_port),
+        "MEMPROXY_SERVER__LOG_LEVEL": "warning",
+        "HF_HUB_OFFLINE": "1",
+    })
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve"], cwd=REPO_ROOT, env=env,
+        stdout=open(logs / "overhead-proxy.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    fake_url, proxy_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{proxy_port}"
+    return [fake, proxy], fake_url, proxy_url
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# -- load generation ---------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    key: str
+    label: str
+    via_proxy: bool
+    headers: dict[str, str]
+    c1: list[float] = field(default_factory=list)
+    c1_wall: float = 0.0
+    c32: list[float] = field(default_factory=list)
+    c32_wall: float = 0.0
+    ttfb: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+    retrieval_s: float = 0.0
+    retrievals: int = 0
+    first_request_ms: float | None = None
+
+
+def chat_body(question: str, stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": "fake-model",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+        ],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+class Load:
+    def __init__(self, session: aiohttp.ClientSession, fake_url: str, proxy_url: str):
+        self.session = session
+        self.fake_url = fake_url
+        self.proxy_url = proxy_url
+        self.questions = unique_questions(seed=7)
+
+    def bodies(self, n: int, stream: bool = False) -> list[bytes]:
+        return [chat_body(next(self.questions), stream) for _ in range(n)]
+
+    def _target(self, scenario: Scenario) -> tuple[str, dict[str, str]]:
+        base = self.proxy_url if scenario.via_proxy else self.fake_url
+        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench",
+                   **scenario.headers}
+        return base + "/v1/chat/completions", headers
+
+    async def one(self, scenario: Scenario, body: bytes) -> float:
+        url, headers = self._target(scenario)
+        started = time.perf_counter()
+        async with self.session.post(url, data=body, headers=headers) as response:
+            await response.read()
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status != 200:
+                scenario.errors += 1
+            if scenario.via_proxy:
+                scenario.statuses[response.headers.get("x-memory-status", "?")] += 1
+        return elapsed
+
+    async def first_byte(self, scenario: Scenario, body: bytes) -> float:
+        url, headers = self._target(scenario)
+        started = time.perf_counter()
+        async with self.session.post(url, data=body, headers=headers) as response:
+            first = await response.content.readany()
+            elapsed = (time.perf_counter() - started) * 1000
+            rest = await response.read()
+            if response.status != 200 or not first or b"[DONE]" not in first + rest:
+                scenario.errors += 1
+        return elapsed
+
+    async def sequential(self, scenario: Scenario, n: int) -> tuple[list[float], float]:
+        bodies = self.bodies(n)
+        started = time.perf_counter()
+        samples = [await self.one(scenario, body) for body in bodies]
+        return samples, time.perf_counter() - started
+
+    async def concurrent(
+        self, scenario: Scenario, n: int, concurrency: int
+    ) -> tuple[list[float], float]:
+        pending = iter(self.bodies(n))
+        samples: list[float] = []
+
+        async def worker() -> None:
+            for body in pending:
+                samples.append(await self.one(scenario, body))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples, time.perf_counter() - started
+
+    async def streamed(self, scenario: Scenario, n: int) -> list[float]:
+        return [await self.first_byte(scenario, body) for body in self.bodies(n, stream=True)]
+
+    async def retrieval_totals(self) -> tuple[float, int]:
+        async with self.session.get(self.proxy_url + "/metrics") as response:
+            text = await response.text()
+        values = dict(
+            line.split(" ", 1) for line in text.splitlines()
+            if line.startswith("memproxy_retrieval_seconds_")
+        )
+        return (float(values.get("memproxy_retrieval_seconds_sum", 0)),
+                int(values.get("memproxy_retrieval_seconds_count", 0)))
+
+
+async def measure(
+    scenarios: list[Scenario], fake_url: str, proxy_url: str, sizes: dict[str, int]
+) -> None:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        load = Load(session, fake_url, proxy_url)
+        for scenario in scenarios:  # the first touch of a user loads its cache from Chroma
+            scenario.first_request_ms = await load.one(scenario, load.bodies(1)[0])
+        for scenario in scenarios:  # warm-up: connections, code paths, allocator
+            await load.sequential(scenario, sizes["warmup"])
+            await load.concurrent(scenario, sizes["warmup"] * 2, 32)
+            await load.streamed(scenario, max(5, sizes["warmup"] // 4))
+            scenario.statuses.clear()
+            scenario.errors = 0
+        rounds = sizes["rounds"]
+        for r in range(rounds):
+            order = scenarios[r % len(scenarios):] + scenarios[: r % len(scenarios)]
+            for scenario in order:
+                before = await load.retrieval_totals()
+                samples, wall = await load.sequential(scenario, sizes["c1"] // rounds)
+                scenario.c1 += samples
+                scenario.c1_wall += wall
+                samples, wall = await load.concurrent(scenario, sizes["c32"] // rounds, 32)
+                scenario.c32 += samples
+                scenario.c32_wall += wall
+                scenario.ttfb += await load.streamed(scenario, sizes["stream"] // rounds)
+                after = await load.retrieval_totals()
+                scenario.retrieval_s += after[0] - before[0]
+                scenario.retrievals += after[1] - before[1]
+            print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+
+
+# -- report ---------------------------------------------------------------------------------
+def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in scenarios:
+        out[s.key] = {
+            "label": s.label,
+            "c1": {**percentiles(s.c1), "rps": len(s.c1) / s.c1_wall if s.c1_wall else None},
+            "c32": {**percentiles(s.c32), "rps": len(s.c32) / s.c32_wall if s.c32_wall else None},
+            "stream_ttfb": percentiles(s.ttfb),
+            "memory_status": dict(s.statuses),
+            "errors": s.errors,
+            "mean_retrieval_ms": 1000 * s.retrieval_s / s.retrievals if s.retrievals else None,
+            "first_request_ms": s.first_request_ms,
+        }
+    return out
+
+
+def render(summary: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    rows = []
+    for data in summary.values():
+        c1, c32, ttfb = data["c1"], data["c32"], data["stream_ttfb"]
+        status = ", ".join(f"{k} {v}" for k, v in sorted(data["memory_status"].items())) or "—"
+        if data["errors"]:
+            status += f"; errors {data['errors']}"
+        rows.append([
+            data["label"], fmt(c1["p50"], 2), fmt(c1["p95"], 2), fmt(c1["p99"], 2),
+            fmt(c1["rps"], 0), fmt(c32["p50"]), fmt(c32["p95"]), fmt(c32["p99"]),
+            fmt(c32["rps"], 0), fmt(ttfb["p50"], 2), fmt(ttfb["p95"], 2),
+            fmt(data["mean_retrieval_ms"], 2), status,
+        ])
+    latency = markdown_table(
+        ["scenario", "c1 p50 ms", "c1 p95", "c1 p99", "c1 req/s", "c32 p50 ms", "c32 p95",
+         "c32 p99", "c32 req/s", "stream TTFB p50 ms", "TTFB p95", "retrieval mean ms",
+         "X-Memory-Status"],
+        rows,
+    )
+    direct = summary["direct"]
+    added_rows = []
+    verdicts: dict[str, Any] = {}
+    for key, data in summary.items():
+        if key == "direct":
+            continue
+        add_p50 = data["c1"]["p50"] - direct["c1"]["p50"]
+        add_p99 = data["c1"]["p99"] - direct["c1"]["p99"]
+        add_c32 = data["c32"]["p50"] - direct["c32"]["p50"]
+        add_ttfb = data["stream_ttfb"]["p50"] - direct["stream_ttfb"]["p50"]
+        rps_ratio = data["c32"]["rps"] / direct["c32"]["rps"]
+        if key == "off":
+            checks = {"p50 ≤ 2": add_p50 <= TARGETS_MS["mem_off_p50"]}
+        else:
+            checks = {"p50 ≤ 10": add_p50 <= TARGETS_MS["mem_on_p50"],
+                      "p99 ≤ 30": add_p99 <= TARGETS_MS["mem_on_p99"]}
+        checks["TTFB ≤ 10"] = add_ttfb <= TARGETS_MS["ttfb_p50"]
+        verdicts[key] = {"added_c1_p50": add_p50, "added_c1_p99": add_p99,
+                         "added_c32_p50": add_c32, "added_ttfb_p50": add_ttfb,
+                         "c32_rps_ratio": rps_ratio, "targets": checks}
+        added_rows.append([
+            data["label"], fmt(add_p50, 2), fmt(add_p99, 2), fmt(add_ttfb, 2), fmt(add_c32, 1),
+            f"{rps_ratio:.2f}×",
+            ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items()),
+        ])
+    added = markdown_table(
+        ["through the proxy", "added c1 p50 ms", "added c1 p99 ms", "added TTFB p50 ms",
+         "added c32 p50 ms", "c32 req/s vs direct", "targets (ms)"],
+        added_rows,
+    )
+    return latency, added, verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (~2 minutes)")
+    args = parser.parse_args()
+    sizes = (
+        {"c1": 300, "c32": 600, "stream": 100, "rounds": 2, "warmup": 20}
+        if args.quick
+        else {"c1": 1500, "c32": 4000, "stream": 500, "rounds": 5, "warmup": 50}
+    )
+    run_started = time.perf_counter()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="memproxy-overhead-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        users = {USER_1K: 1_000, USER_10K: 10_000}
+        print(f"populating {data_dir} …", file=sys.stderr, flush=True)
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            setup = pool.submit(populate, str(data_dir), users).result()
+        # The ONNX export lives in the cache; the proxy finds it under <data_dir>/models.
+        (data_dir / "models").symlink_to(CACHE_DIR / "models", target_is_directory=True)
+        processes, fake_url, proxy_url = start_servers(data_dir, RESULTS_DIR)
+        setup["fake_ready_s"] = wait_ready(fake_url + "/v1/models", processes[0], 60)
+        setup["proxy_ready_s"] = wait_ready(proxy_url + "/readyz", processes[1], 300)
+        print(f"servers ready ({setup}); measuring …", file=sys.stderr, flush=True)
+        read = {"X-Memory-Mode": "read"}
+        scenarios = [
+            Scenario("direct", "direct (fake upstream)", False, {}),
+            Scenario("off", "proxy, memory off (no user)", True, {}),
+            Scenario("on_1k", "proxy, memory on, 1k memories", True,
+                     {"X-User-Id": USER_1K, **read}),
+            Scenario("on_10k", "proxy, memory on, 10k memories", True,
+                     {"X-User-Id": USER_10K, **read}),
+        ]
+        try:
+            import uvloop
+
+            uvloop.run(measure(scenarios, fake_url, proxy_url, sizes))
+        except ImportError:
+            asyncio.run(measure(scenarios, fake_url, proxy_url, sizes))
+    finally:
+        stop(processes)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    summary = summarize(scenarios)
+    latency, added, verdicts = render(summary)
+    total = time.perf_counter() - run_started
+    cold = ", ".join(
+        f"{s.label.split(', ')[-1]} {fmt(s.first_request_ms, 1)} ms"
+        for s in scenarios if s.key.startswith("on_")
+    )
+    notes = [
+        f"Requests per scenario: {sizes['c1']} at c=1, {sizes['c32']} at c=32, "
+        f"{sizes['stream']} streamed at c=1, in {sizes['rounds']} interleaved rounds "
+        f"(after {sizes['warmup']} warm-up requests). Every request asks a different "
+        "question: the proxy's query-embedding cache never hits, so each memory-on request "
+        "pays one real all-MiniLM-L6-v2 ONNX embedding.",
+        "Stored memories: generated fact sentences embedded by the same model, written through "
+        "ChromaStore (64 shards) before the proxy started. Extraction off.",
+        f"First request per user (empty per-user cache, loads it from Chroma): {cold}.",
+        "\"retrieval mean\" is the proxy's own memproxy_retrieval_seconds (embed + search) per "
+        "memory-on request. Load generator, proxy and fake upstream share 2 cores.",
+        f"Setup: model load {setup['model_load_s']:.1f}s, fact embedding {setup['embed_s']:.1f}s, "
+        f"Chroma insert {setup['insert_s']:.1f}s, proxy ready in {setup['proxy_ready_s']:.1f}s. "
+        f"Total run {total:.0f}s.",
+    ]
+    print("\n## Proxy overhead (latency in ms)\n")
+    print(latency)
+    print("\n## Added by the proxy (proxy − direct, same run)\n")
+    print(added)
+    print()
+    for note in notes:
+        print(f"- {note}")
+    path = write_results("overhead", {
+        "args": vars(args), "sizes": sizes, "machine": machine(), "setup": setup,
+        "targets_ms": TARGETS_MS, "scenarios": summary, "added": verdicts, "notes": notes,
+        "total_seconds": total,
+    })
+    print(f"\nresults: {path.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
