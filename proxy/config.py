@@ -114,6 +114,10 @@ class ExtractionSettings(_Section):
     max_facts: int = 10
     duplicate_threshold: float = 0.92
     timeout: float = 120.0
+    related_memories: int = Field(default=10, ge=0)  # existing memories shown to the model
+    llm_attempts: int = Field(default=3, ge=1)  # json_schema, then json_object + repair
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)  # doubled after each attempt
+    coalesce_seconds: float = Field(default=2.0, ge=0)  # same user+session: one call
 
 
 class JobSettings(_Section):

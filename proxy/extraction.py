@@ -1,67 +1,43 @@
-"""Turning a finished exchange into stored memories, in two steps a job can replay.
+"""Turning a finished exchange into memory changes, in two steps a job can replay.
 
-``extract``: ``raw`` takes the user's own new messages verbatim; ``llm`` asks a model
-(structured output) for atomic facts about the user. The worker saves the result in the job.
-``apply``: facts that duplicate what the user already has (same normalised text, or cosine ≥
-``duplicate_threshold``) are skipped; the rest are stored under ids derived from the job, so
-applying the same result twice (a replay after a crash) stores nothing new.
+``extract``: ``raw`` takes the user's own new messages verbatim; ``llm`` makes one
+reconciliation call (structured output): the new turn(s) plus the user's most related
+memories, numbered 1..n, in; operations add / update / supersede / delete out
+(proxy/operations.py maps the numbers back to ids and filters secrets). The worker saves
+the result in the job before applying it.
+``apply``: each operation through the store, history rows with actor ``job:<id>``. New
+memories get ids derived from the job, and every operation checks whether it already
+happened (same id stored, same text, already superseded, already gone), so applying the same
+result twice (a replay after kill -9) changes nothing. Adds that duplicate a memory the user
+already has (same normalised text, or cosine >= ``duplicate_threshold``) are skipped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-import uuid
+from collections import Counter
 from typing import Any
 
 import anyio
-import numpy as np
-from pydantic import BaseModel, ValidationError
 
 from proxy.config import ModelRoute, Settings
 from proxy.embedding import Embedder
 from proxy.jobs import ExtractionJob, ExtractionResult
-from proxy.prompts import EXTRACTION_SYSTEM, FACTS_SCHEMA, extraction_user_prompt
+from proxy.operations import ExtractionFailed, Operation, parse_operations, resolve
+from proxy.prompts import (
+    EXTRACTION_SYSTEM,
+    OPERATIONS_SCHEMA,
+    SCHEMA_REMINDER,
+    extraction_user_prompt,
+)
 from proxy.providers import litellm_module, translate_litellm_error
+from proxy.ranking import RankingParams, rank_memories
+from proxy.reconcile import Reconciler, memory_id, normalise
 from proxy.store import Memory, MemoryStore
 
+__all__ = ["ExtractionFailed", "Extractor", "memory_id", "normalise"]
+
 log = logging.getLogger("memproxy.extraction")
-
-
-class FactList(BaseModel):
-    facts: list[str]
-
-
-class ExtractionFailed(Exception):
-    pass
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
-
-
-def parse_facts(content: str) -> list[str]:
-    """Validate the model's JSON; tolerate a fenced block or prose around the object."""
-    candidates = [content]
-    match = re.search(r"\{.*\}", content, re.DOTALL)
-    if match:
-        candidates.append(match.group(0))
-    for candidate in candidates:
-        try:
-            return FactList.model_validate(json.loads(candidate)).facts
-        except (ValueError, ValidationError):
-            continue
-    raise ExtractionFailed(f"model returned no valid facts JSON: {content[:200]!r}")
-
-
-def memory_id(job: ExtractionJob, normalised_fact: str) -> str:
-    """Stable for one job's fact (a replay writes the same id); random without a job hash."""
-    if not job.exchange_hash:
-        return uuid.uuid4().hex
-    seed = f"{job.exchange_hash}\0{job.created_at!r}\0{normalised_fact}"
-    return hashlib.sha256(seed.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class Extractor:
@@ -69,6 +45,11 @@ class Extractor:
         self._settings = settings
         self._embedder = embedder
         self._store = store
+        self._reconciler = Reconciler(
+            embedder, store, settings.extraction.duplicate_threshold
+        )
+        # exchanges, llm_calls, prompt_tokens, completion_tokens: /metrics per exchange.
+        self.usage: Counter[str] = Counter()
 
     async def process(self, job: ExtractionJob) -> list[Memory]:
         """Extract and apply in one go (no job row in between)."""
@@ -79,21 +60,33 @@ class Extractor:
         user_id = job.identity.user_id
         texts = [t.strip() for t in job.user_texts if t.strip()]
         if mode == "off" or user_id is None or not texts:
-            return ExtractionResult([], mode)
+            return ExtractionResult([], mode, merged=list(job.merged))
         if mode == "raw":
-            return ExtractionResult(texts, "raw")
+            return ExtractionResult(texts, "raw", merged=list(job.merged))
+        self.usage["exchanges"] += 1 + len(job.merged)
         known = await anyio.to_thread.run_sync(
             self._related_known, job.identity.tenant, user_id, texts
         )
-        facts = await self._ask_model(job, texts, known)
-        facts = [f.strip() for f in facts if isinstance(f, str) and f.strip()]
-        return ExtractionResult(facts[: self._settings.extraction.max_facts], "llm")
+        shown = {n: memory.id for n, memory in enumerate(known, 1)}
+        operations = await self._ask_model(
+            job, texts, [(n, m.text, m.created_at) for n, m in enumerate(known, 1)]
+        )
+        resolved = resolve(operations, shown)[: self._settings.extraction.max_facts]
+        return ExtractionResult(
+            [op["text"] for op in resolved if op["text"]], "llm", resolved, list(job.merged)
+        )
 
     async def apply(self, job: ExtractionJob, result: ExtractionResult) -> list[Memory]:
-        if job.identity.user_id is None or not result.facts:
+        if job.identity.user_id is None:
+            return []
+        if result.operations:
+            return await anyio.to_thread.run_sync(
+                self._reconciler.apply, job, result.operations
+            )
+        if not result.facts:
             return []
         return await anyio.to_thread.run_sync(
-            self._store_new, job, result.facts, result.source
+            self._reconciler.store_new, job, result.facts, result.source
         )
 
     def needs_caller_key(self, job: ExtractionJob) -> bool:
@@ -109,49 +102,21 @@ class Extractor:
             return own.get_secret_value()
         return None
 
-    def _related_known(self, tenant: str, user_id: str, texts: list[str]) -> list[str]:
-        vector = self._embedder.embed(["\n".join(texts)[-2000:]])[0]
-        return [
-            hit.memory.text for hit in self._store.search(user_id, vector, 10, tenant=tenant)
-        ]
-
-    def _store_new(self, job: ExtractionJob, facts: list[str], source: str) -> list[Memory]:
-        user_id = job.identity.user_id
-        assert user_id is not None
-        if not facts:
+    def _related_known(self, tenant: str, user_id: str, texts: list[str]) -> list[Memory]:
+        """The user's memories most related to the new turn (hybrid ranked), for the prompt."""
+        wanted = self._settings.extraction.related_memories
+        if wanted <= 0:
             return []
-        vectors = self._embedder.embed(facts)
-        threshold = self._settings.extraction.duplicate_threshold
-        kept: list[Memory] = []
-        kept_rows: list[int] = []
-        seen: set[str] = set()
-        for row, fact in enumerate(facts):
-            key = normalise(fact)
-            if not key or key in seen:
-                continue
-            nearest = self._store.search(user_id, vectors[row], 1, tenant=job.identity.tenant)
-            if nearest and (
-                nearest[0].score >= threshold or normalise(nearest[0].memory.text) == key
-            ):
-                continue
-            if kept_rows and float(np.max(vectors[kept_rows] @ vectors[row])) >= threshold:
-                continue
-            seen.add(key)
-            kept_rows.append(row)
-            kept.append(
-                Memory(
-                    user_id=user_id, text=fact, id=memory_id(job, key),
-                    created_at=job.created_at, agent_id=job.identity.agent_id,
-                    session_id=job.identity.session_id, source=source,
-                    tenant=job.identity.tenant,
-                )
-            )
-        self._store.add(
-            kept, vectors[kept_rows] if kept_rows else vectors[:0],
-            actor=f"job:{job.id}" if job.id is not None else "api",
+        query = "\n".join(texts)[-2000:]
+        vector = self._embedder.embed([query])[0]
+        found = self._store.candidates(user_id, vector, query, tenant=tenant)
+        if not found.eligible.any():
+            return []
+        ranked = rank_memories(
+            found.dense, found.keyword, wanted, RankingParams(mmr_lambda=1.0),
+            created_at=found.created_at, eligible=found.eligible,
         )
-        log.info("stored %d of %d extracted facts", len(kept), len(facts))
-        return kept
+        return [found.memories[int(i)] for i in ranked.indices]
 
     def _route(self, job: ExtractionJob) -> ModelRoute:
         ext = self._settings.extraction
@@ -168,33 +133,56 @@ class Extractor:
             return routed
         return ModelRoute(model=f"openai/{job.model}", api_base=upstream)
 
-    async def _ask_model(self, job: ExtractionJob, texts: list[str], known: list[str]) -> list[str]:
+    async def _ask_model(
+        self, job: ExtractionJob, texts: list[str], known: list[tuple[int, str, float]]
+    ) -> list[Operation]:
+        """One reconciliation answer: json_schema (strict) first; json_object with a schema
+        reminder when the provider rejects it or the answer does not parse (each answer gets a
+        repair pass); at most ``llm_attempts`` calls, with backoff between them."""
+        settings = self._settings.extraction
         route = self._route(job)
         api_key = (
             route.api_key.get_secret_value() if route.api_key else job.api_key
         ) or self._upstream_key(route)
-        messages = [
+        messages: list[dict[str, Any]] = [
             {"role": "system", "content": EXTRACTION_SYSTEM},
-            {
-                "role": "user",
-                "content": extraction_user_prompt(
-                    texts, job.assistant_text, known, job.created_at
-                ),
-            },
+            {"role": "user", "content": extraction_user_prompt(
+                texts, job.assistant_text, known, job.created_at
+            )},
         ]
         schema_format = {
             "type": "json_schema",
-            "json_schema": {"name": "memory_facts", "strict": True, "schema": FACTS_SCHEMA},
+            "json_schema": {"name": "memory_operations", "strict": True,
+                            "schema": OPERATIONS_SCHEMA},
         }
+        use_schema = True
         last_error: Exception | None = None
-        # Strict schema first; providers without it get json_object (the prompt shows the shape).
-        for response_format in (schema_format, {"type": "json_object"}):
+        for attempt in range(settings.llm_attempts):
+            if attempt:
+                await anyio.sleep(settings.retry_backoff_seconds * 2 ** (attempt - 1))
+            asked = messages
+            if not use_schema:
+                asked = [*messages, {"role": "system", "content": SCHEMA_REMINDER}]
+                if last_error is not None:
+                    asked.append({"role": "user", "content": (
+                        f"Your previous answer could not be used ({last_error}). "
+                        "Answer again with the JSON object only."
+                    )[:1000]})
             try:
-                content = await self._complete(route, api_key, messages, response_format)
-                return parse_facts(content)
+                content = await self._complete(
+                    route, api_key, asked,
+                    schema_format if use_schema else {"type": "json_object"},
+                )
+            except ExtractionFailed:  # the provider rejected json_schema: no answer to fix
+                use_schema = False
+                continue
+            try:
+                return parse_operations(content)
             except ExtractionFailed as exc:
                 last_error = exc
-        raise ExtractionFailed(str(last_error))
+                use_schema = False
+        self.usage["failed_calls"] += 1
+        raise ExtractionFailed(str(last_error or "no usable answer"))
 
     async def _complete(
         self,
@@ -215,7 +203,7 @@ class Extractor:
                 api_key=api_key or "none",
                 temperature=0,
                 timeout=self._settings.extraction.timeout,
-                num_retries=1,
+                num_retries=0,  # our own attempts (and the job's) retry
                 **kwargs,
             )
         except Exception as exc:
@@ -224,5 +212,9 @@ class Extractor:
                 # e.g. "response_format json_schema not supported": try the fallback.
                 raise ExtractionFailed(translated.message) from exc
             raise translated from exc
+        self.usage["llm_calls"] += 1
+        usage = getattr(response, "usage", None)
+        self.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+        self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
         content = response.choices[0].message.content
         return content if isinstance(content, str) else ""

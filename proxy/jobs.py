@@ -48,18 +48,35 @@ def exchange_hash(identity: Identity, messages: Sequence[Any]) -> str:
 
 @dataclass
 class ExtractionResult:
-    """What extraction produced, saved before it is applied."""
+    """What extraction produced, saved before it is applied.
+
+    ``facts``: texts the result would store (raw mode: all of it; llm mode: the texts of its
+    operations, for listings). ``operations`` (llm mode): ``{"op", "id", "text"}`` with the
+    real memory ids already mapped back from the numbers the model saw, so a replay applies
+    exactly what was decided. ``merged``: ids of later jobs coalesced into this one.
+    """
 
     facts: list[str]
     source: str  # raw | llm
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps({"facts": self.facts, "source": self.source}, ensure_ascii=False)
+        data: dict[str, Any] = {"facts": self.facts, "source": self.source}
+        if self.operations:
+            data["operations"] = self.operations
+        if self.merged:
+            data["merged"] = self.merged
+        return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> ExtractionResult:
         data = json.loads(text)
-        return cls([str(f) for f in data["facts"]], str(data["source"]))
+        return cls(
+            [str(f) for f in data["facts"]], str(data["source"]),
+            [dict(op) for op in data.get("operations", [])],
+            [int(i) for i in data.get("merged", [])],
+        )
 
 
 @dataclass
@@ -76,6 +93,7 @@ class ExtractionJob:
     id: int | None = None
     attempts: int = 0
     result: ExtractionResult | None = None
+    merged: list[int] = field(default_factory=list)  # later jobs coalesced into this one
 
     @property
     def owner(self) -> str:

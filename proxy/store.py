@@ -269,7 +269,8 @@ class ChromaStore:
         old = self.get(old_id)
         if old is None or old.owner != new.owner:
             return None
-        self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
+        if self.get(new.id) is None:  # a replay after a crash between the two writes
+            self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
         now = time.time()
         marked = replace(old, superseded_by=new.id, valid_to=now, updated_at=now)
         self._rewrite(marked, None)

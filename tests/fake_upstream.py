@@ -71,6 +71,17 @@ def _is_structured(body: dict[str, Any]) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") in STRUCTURED_TYPES
 
 
+def _wants_operations(body: dict[str, Any]) -> bool:
+    """A call that asks for {"operations": [...]}: by its schema, or its prompt says so."""
+    response_format = body.get("response_format") or {}
+    schema = json.dumps(response_format.get("json_schema") or {})
+    prompt = " ".join(
+        message_text(m) for m in body.get("messages") or []
+        if isinstance(m, dict) and m.get("role") == "system"
+    )
+    return '"operations"' in schema or '"operations"' in prompt
+
+
 def message_text(message: dict[str, Any]) -> str:
     """Text of a message: string content, or its text parts joined by newlines."""
     content = message.get("content")
@@ -154,6 +165,8 @@ class FakeUpstream:
         self.structured_replies: list[str] = []
         self.errors: list[tuple[int, dict[str, Any], dict[str, str]]] = []
         self.extract_facts: Callable[[dict[str, Any]], list[str]] = default_extract_facts
+        # Set to answer reconciliation calls with chosen operations (supersede, delete …).
+        self.extract_operations: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
         self.stream_chunks = 5
         self.chunk_delay = 0.0
         self.response_delay = 0.0
@@ -274,9 +287,17 @@ class FakeUpstream:
             )
         if _is_structured(body):
             queued = self._pop(self.structured_replies)
-            content = (
-                queued if queued is not None else json.dumps({"facts": self.extract_facts(body)})
-            )
+            if queued is not None:
+                content = queued
+            elif self.extract_operations is not None:
+                content = json.dumps({"operations": self.extract_operations(body)})
+            elif _wants_operations(body):
+                # memproxy's reconciliation call: each extracted fact is an "add".
+                content = json.dumps({"operations": [
+                    {"op": "add", "id": None, "text": fact} for fact in self.extract_facts(body)
+                ]})
+            else:
+                content = json.dumps({"facts": self.extract_facts(body)})
         else:
             queued = self._pop(self.replies)
             # A lone surrogate ("\ud800") parses as JSON but cannot be sent back as UTF-8.

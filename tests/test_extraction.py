@@ -8,9 +8,10 @@ from conftest import HashingEmbedder
 from fake_upstream import FakeUpstream
 
 from proxy.config import Settings
-from proxy.extraction import ExtractionFailed, Extractor, parse_facts
+from proxy.extraction import ExtractionFailed, Extractor
 from proxy.identity import Identity
 from proxy.jobs import ExtractionJob
+from proxy.operations import parse_operations
 from proxy.store import ChromaStore, Memory
 
 pytestmark = pytest.mark.anyio
@@ -29,12 +30,17 @@ def job(user_text: str, user: str = "u1", key: str | None = "sk-caller") -> Extr
     )
 
 
-def test_parse_facts_accepts_fenced_json_and_rejects_garbage() -> None:
-    assert parse_facts('{"facts": ["User likes tea"]}') == ["User likes tea"]
-    assert parse_facts('```json\n{"facts": ["A"]}\n```') == ["A"]
-    for bad in ("", "no json", '{"facts": "not a list"}', '{"other": []}'):
+def test_parse_operations_repairs_fences_and_rejects_garbage() -> None:
+    assert [(o.op, o.text) for o in parse_operations(
+        '{"operations": [{"op": "add", "id": null, "text": "User likes tea"}]}'
+    )] == [("add", "User likes tea")]
+    fenced = '```json\n{"operations": [{"op": "delete", "id": 2, "text": None},]}\n```'
+    assert [(o.op, o.id) for o in parse_operations(fenced)] == [("delete", 2)]
+    assert [o.text for o in parse_operations('{"facts": ["A"]}')] == ["A"]  # older shape
+    for bad in ("", "no json", '{"operations": "not a list"}', '{"other": []}',
+                '{"operations": [{"op": "explode"}]}'):
         with pytest.raises(ExtractionFailed):
-            parse_facts(bad)
+            parse_operations(bad)
 
 
 async def test_llm_mode_stores_atomic_facts_via_the_upstream_with_callers_key(
@@ -59,7 +65,7 @@ async def test_llm_mode_stores_atomic_facts_via_the_upstream_with_callers_key(
     # model is shown what is already known.
     upstream.clear()
     assert await extractor.process(job(text)) == []
-    assert "- User is a data engineer in Lisbon" in (
+    assert "] User is a data engineer in Lisbon" in (
         upstream.extraction_requests()[0].json["messages"][1]["content"]
     )
     assert store.count_user("u1") == 2
@@ -70,13 +76,16 @@ async def test_malformed_json_falls_back_to_json_object_then_fails_loudly(
 ) -> None:
     settings.extraction.mode = "llm"
     extractor, store = make(settings, tmp_path)
-    upstream.structured_replies += ["{not json", json.dumps({"facts": ["User plays chess"]})]
+    settings.extraction.retry_backoff_seconds = 0
+    upstream.structured_replies += ["{not json", json.dumps(
+        {"operations": [{"op": "add", "id": None, "text": "User plays chess"}]}
+    )]
     stored = await extractor.process(job("I play chess."))
     assert [m.text for m in stored] == ["User plays chess"]
     formats = [r.json["response_format"]["type"] for r in upstream.extraction_requests()]
     assert formats == ["json_schema", "json_object"]
 
-    upstream.structured_replies += ["nope", "still nope"]
+    upstream.structured_replies += ["nope", "still nope", "never"]
     with pytest.raises(ExtractionFailed):
         await extractor.process(job("I play go."))
     assert store.count_user("u1") == 1
