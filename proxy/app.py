@@ -104,6 +104,8 @@ def create_app(
             asyncio.get_running_loop().run_in_executor(None, load_litellm)
         if settings.admin_key is None:
             log.warning("no admin key set: the memory API answers loopback clients only")
+        if extractor is not None:
+            metrics.extraction_usage = extractor.usage
         services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
         services.store = opened_store
         services.auth = auth

@@ -117,7 +117,6 @@ class ExtractionSettings(_Section):
     related_memories: int = Field(default=10, ge=0)  # existing memories shown to the model
     llm_attempts: int = Field(default=3, ge=1)  # json_schema, then json_object + repair
     retry_backoff_seconds: float = Field(default=0.5, ge=0)  # doubled after each attempt
-    coalesce_seconds: float = Field(default=2.0, ge=0)  # same user+session: one call
 
 
 class JobSettings(_Section):
@@ -133,6 +132,9 @@ class JobSettings(_Section):
     keep_done_seconds: float = 604_800.0  # finished jobs kept (for `memproxy jobs list`)
     key_wait_seconds: float = 604_800.0  # a job waiting for its caller's key, then dead
     shutdown_grace_seconds: float = 10.0  # in-flight jobs may finish; the rest stay claimable
+    # Queued exchanges of one user and session created this close together (a burst that
+    # piled up behind a running job or a backlog) are reconciled in one LLM call. 0: off.
+    coalesce_seconds: float = Field(default=5.0, ge=0)
 
 
 class AuthSettings(_Section):

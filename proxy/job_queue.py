@@ -173,6 +173,70 @@ class JobQueue:
         job: ExtractionJob | None = self._write(work)
         return job
 
+    def claim_followers(
+        self, head: ExtractionJob, worker: str, ids: Sequence[int] | None = None
+    ) -> list[ExtractionJob]:
+        """Coalescing: lease the owner's queued jobs right behind ``head`` (same session,
+        agent and model, created within ``coalesce_seconds`` of it) to ``worker`` as well.
+
+        ``ids``: exactly these (a replay of a saved result that merged them). Followers are
+        not attempts of their own; ``complete`` them (before the head) or ``unclaim`` them.
+        """
+        window = self._settings.coalesce_seconds
+        if head.id is None or (ids is None and window <= 0) or (ids is not None and not ids):
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[ExtractionJob]:
+            lease = conn.execute(
+                "SELECT lease_until FROM jobs WHERE id = ? AND lease_owner = ?",
+                (head.id, worker),
+            ).fetchone()
+            if lease is None:
+                return []
+            if ids is not None:
+                marks = ", ".join("?" for _ in ids)
+                rows = conn.execute(
+                    f"SELECT * FROM jobs WHERE id IN ({marks}) AND state IN"
+                    " ('queued', 'running') ORDER BY id", tuple(ids),
+                ).fetchall()
+            else:
+                rows = []
+                for row in conn.execute(
+                    "SELECT * FROM jobs WHERE owner = ? AND id > ? AND state IN"
+                    " ('queued', 'running', 'waiting_key') ORDER BY id LIMIT 50",
+                    (head.owner, head.id),
+                ):
+                    identity = json.loads(row["identity"])
+                    if (
+                        row["state"] != "queued" or row["model"] != head.model
+                        or row["created_at"] > head.created_at + window
+                        or identity.get("session_id") != head.identity.session_id
+                        or identity.get("agent_id") != head.identity.agent_id
+                    ):
+                        break  # only a contiguous run: the owner's order stays
+                    rows.append(row)
+            for row in rows:
+                conn.execute(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
+                    " updated_at = ? WHERE id = ?", (worker, lease[0], self._clock(), row["id"]),
+                )
+            return [self._job(row, attempts=row["attempts"]) for row in rows]
+
+        followers: list[ExtractionJob] = self._write(work)
+        return followers
+
+    def unclaim(self, ids: Sequence[int], worker: str) -> None:
+        """Followers back to queued (their head failed); they were no attempt of their own."""
+        if not ids:
+            return
+        now = self._clock()
+        marks = ", ".join("?" for _ in ids)
+        self._write(lambda conn: conn.execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+            f" run_after = ?, updated_at = ? WHERE lease_owner = ? AND id IN ({marks})",
+            (now, now, worker, *ids),
+        ))
+
     @staticmethod
     def _job(row: sqlite3.Row, attempts: int) -> ExtractionJob:
         return ExtractionJob(

@@ -9,7 +9,7 @@ from proxy.jobs import JobStats
 
 JOB_EVENTS = (
     "enqueued", "duplicates", "enqueue_failures", "completed", "attempt_failures", "dead",
-    "parked",
+    "parked", "coalesced",
 )
 
 
@@ -20,6 +20,7 @@ class Metrics:
         self.retrieval_seconds_sum = 0.0
         self.retrieval_count = 0
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.extraction_usage: Mapping[str, int] | None = None  # Extractor.usage
 
     def observe_retrieval(self, seconds: float) -> None:
         self.retrieval_seconds_sum += seconds
@@ -43,6 +44,8 @@ class Metrics:
             f"memproxy_retrieval_seconds_sum {self.retrieval_seconds_sum:.6f}",
             f"memproxy_retrieval_seconds_count {self.retrieval_count}",
         ]
+        if self.extraction_usage is not None:
+            lines += render_extraction_usage(self.extraction_usage)
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(lines) + "\n"
@@ -70,3 +73,30 @@ def render_job_metrics(stats: JobStats | None, counts: Mapping[str, int]) -> str
     for event in JOB_EVENTS:
         lines.append(f'memproxy_job_events_total{{event="{event}"}} {counts.get(event, 0)}')
     return "\n".join(lines) + "\n"
+
+
+def render_extraction_usage(usage: Mapping[str, int]) -> list[str]:
+    """LLM cost of memory: calls and tokens, in total and per exchange (coalesced: < 1 call)."""
+    exchanges = usage.get("exchanges", 0)
+    calls = usage.get("llm_calls", 0)
+    tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    lines = [
+        "# HELP memproxy_extraction_exchanges_total Exchanges sent to reconciliation.",
+        "# TYPE memproxy_extraction_exchanges_total counter",
+        f"memproxy_extraction_exchanges_total {exchanges}",
+        "# HELP memproxy_extraction_llm_calls_total LLM calls made for memory (retries too).",
+        "# TYPE memproxy_extraction_llm_calls_total counter",
+        f"memproxy_extraction_llm_calls_total {calls}",
+        "# TYPE memproxy_extraction_llm_tokens_total counter",
+    ]
+    for kind in ("prompt", "completion"):
+        count = usage.get(kind + "_tokens", 0)
+        lines.append(f'memproxy_extraction_llm_tokens_total{{kind="{kind}"}} {count}')
+    lines += [
+        "# HELP memproxy_extraction_llm_calls_per_exchange LLM calls / exchanges so far.",
+        "# TYPE memproxy_extraction_llm_calls_per_exchange gauge",
+        f"memproxy_extraction_llm_calls_per_exchange {calls / exchanges if exchanges else 0:.4f}",
+        "# TYPE memproxy_extraction_llm_tokens_per_exchange gauge",
+        f"memproxy_extraction_llm_tokens_per_exchange {tokens / exchanges if exchanges else 0:.1f}",
+    ]
+    return lines

@@ -10,6 +10,7 @@ to finish; the rest are released, claimable at once by the next process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -265,18 +266,32 @@ class ExtractionWorkers:
             return
         self._in_flight[job_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job_id))
+        followers: list[ExtractionJob] = []
         try:
             result = job.result
+            # Coalescing: the user's queued follow-ups in the same session join this call
+            # (on a replay: exactly the ones the saved result merged). A retried job runs
+            # alone, so one poison exchange does not hold the others back.
+            if result is not None or job.attempts <= 1:
+                followers = await self._db(
+                    self.queue.claim_followers, job, self.token,
+                    None if result is None else result.merged,
+                )
+            work = coalesced(job, followers)
             if result is None:
-                result = await handler.extract(job)
+                result = await handler.extract(work)
                 # Saved before it is applied: a replay applies these same facts.
                 await self._db(self.queue.save_result, job_id, self.token, result)
-            await handler.apply(job, result)
+            await handler.apply(work, result)
         except asyncio.CancelledError:
             # Shutdown: give the job back at once (blocking is fine while stopping).
+            self.queue.unclaim([f.id for f in followers if f.id is not None], self.token)
             self.queue.release(job_id, self.token)
             raise
         except Exception as exc:
+            await self._db(
+                self.queue.unclaim, [f.id for f in followers if f.id is not None], self.token
+            )
             error = redact(f"{type(exc).__name__}: {exc}", job.api_key)
             state = await self._db(self.queue.fail, job_id, self.token, job.attempts, error)
             self.counts["dead" if state == "dead" else "attempt_failures"] += 1
@@ -285,9 +300,14 @@ class ExtractionWorkers:
             log.warning("extraction job %d attempt %d failed (%s): %s",
                         job_id, job.attempts, state, error)
         else:
+            for follower in followers:  # before the head: a replay of the head finds them done
+                assert follower.id is not None
+                await self._db(self.queue.complete, follower.id, self.token)
+                self.keys.forget(follower.id)
+            self.counts["coalesced"] += len(followers)
             if not await self._db(self.queue.complete, job_id, self.token):
                 log.warning("job %d finished after its lease was lost", job_id)
-            self.counts["completed"] += 1
+            self.counts["completed"] += 1 + len(followers)
             self.keys.forget(job_id)
         finally:
             heartbeat.cancel()
@@ -300,6 +320,19 @@ class ExtractionWorkers:
                 await self._db(self.queue.renew, job_id, self.token)
             except Exception as exc:
                 log.warning("could not renew the lease of job %d: %s", job_id, exc)
+
+
+def coalesced(head: ExtractionJob, followers: Sequence[ExtractionJob]) -> ExtractionJob:
+    """One job for one LLM call: the head's identity, id and hash; everyone's turns."""
+    if not followers:
+        return head
+    jobs = [head, *followers]
+    return dataclasses.replace(
+        head,
+        user_texts=[text for j in jobs for text in j.user_texts],
+        assistant_text="\n\n".join(j.assistant_text for j in jobs if j.assistant_text),
+        merged=[f.id for f in followers if f.id is not None],
+    )
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
