@@ -135,6 +135,9 @@ class JobSettings(_Section):
     # Queued exchanges of one user and session created this close together (a burst that
     # piled up behind a running job or a backlog) are reconciled in one LLM call. 0: off.
     coalesce_seconds: float = Field(default=5.0, ge=0)
+    # A new exchange waits this long before a worker may take it, so a burst that arrives
+    # while workers are idle is coalesced too (fewer LLM calls, memories a little later).
+    coalesce_wait_seconds: float = Field(default=0.0, ge=0)
 
 
 class AuthSettings(_Section):

@@ -117,7 +117,7 @@ class JobQueue:
                     json.dumps(dataclasses.asdict(job.identity), ensure_ascii=False),
                     json.dumps(job.user_texts, ensure_ascii=False), job.assistant_text,
                     job.model, int(job.has_caller_key), job.created_at,
-                    max(now, ahead or now), now,
+                    max(now + self._settings.coalesce_wait_seconds, ahead or now), now,
                 ),
             )
             return int(cursor.lastrowid or 0)

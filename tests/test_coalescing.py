@@ -67,6 +67,33 @@ async def test_burst_in_one_session_is_one_llm_call(
     store.close()
 
 
+async def test_a_burst_arriving_while_workers_idle_waits_and_is_one_call(
+    settings: Settings, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    import anyio
+
+    settings.extraction.mode = "llm"
+    jobs = JobSettings(poll_seconds=0.05, coalesce_seconds=5.0, coalesce_wait_seconds=0.6)
+    embedder = HashingEmbedder()
+    store = ChromaStore(settings.store, tmp_path / "data", embedder.dimension)
+    queue = JobQueue(database_path(tmp_path / "q"), jobs)
+    workers = ExtractionWorkers(queue, Extractor(settings, embedder, store), jobs)
+    await workers.start()  # idle workers, polling: without the wait each job goes alone
+    for n, text in enumerate(["I play chess.", "I keep bees."]):
+        await workers.submit(ExtractionJob(Identity("u", session_id="s1"), [text], "ok", "m",
+                                           exchange_hash=f"w{n}"), "sk-c")
+        await anyio.sleep(0.2)
+    deadline = time.monotonic() + 20
+    while queue.stats().done < 2:
+        assert time.monotonic() < deadline, queue.stats()
+        await anyio.sleep(0.05)
+    await workers.stop(1.0)
+    assert len(upstream.extraction_requests()) == 1
+    assert sorted(m.text for m in store.list_user("u", 10)) == ["User keep bees", "User play chess"]
+    queue.close()
+    store.close()
+
+
 async def test_a_replayed_head_claims_exactly_the_jobs_it_merged(tmp_path: Path) -> None:
     jobs = JobSettings(coalesce_seconds=5.0, lease_seconds=0.01)
     queue = JobQueue(database_path(tmp_path), jobs)
