@@ -1,4 +1,4 @@
-"""Memories and where they live. The only module that imports chromadb.
+"""Memories and where they live. Only this module and proxy/chroma.py import chromadb.
 
 Layout, chosen by measurement (see bench/store_scale.py and the README):
 - Chroma holds every memory durably, in ``shards`` collections (cosine space); an owner's
@@ -12,11 +12,11 @@ Writes go to Chroma first, then into the cached index, so the cache never holds 
 Chroma does not. A load that raced a write to its shard is used once, not cached.
 Every change also writes a row of history (proxy/history.py) in the data dir's SQLite file.
 Superseded memories stay stored and listable; search leaves them out unless asked.
+Scoring one owner's memories (cached index or Chroma) is in proxy/owner_search.py.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,48 +26,30 @@ from typing import Any
 
 import numpy as np
 
+from proxy.chroma import chroma_settings, memories_from, owner_where, stored_shards
 from proxy.config import StoreSettings
 from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
-from proxy.keyword import KeywordIndex
 from proxy.listing import Condition, matches, page
-from proxy.memory import Candidates, Memory, MemoryStore, Owner, ScoredMemory, owner_key
+from proxy.memory import Candidates, Memory, MemoryStore, Owner, ScoredMemory
 from proxy.owner_cache import OwnerCache, UserIndex
+from proxy.owner_search import (
+    collection_candidates,
+    index_candidates,
+    search_collection,
+    search_index,
+)
 
 __all__ = [
     "Candidates", "ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of",
 ]
 
-log = logging.getLogger("memproxy.store")
-
-LAYOUT_COLLECTION = "memproxy_layout"
-
 
 def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
     key = user_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{user_id}"
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
-
-
-def _where(owner: Owner) -> dict[str, Any]:
-    return {"owner": owner_key(owner)}
-
-
-def _chroma_settings() -> Any:
-    from chromadb.config import Settings as ChromaSettings
-
-    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-
-
-def _records(got: dict[str, Any], nested: bool = False) -> list[Memory]:
-    ids, docs, metas = got["ids"], got["documents"], got["metadatas"]
-    if nested:
-        ids, docs, metas = ids[0], docs[0], metas[0]
-    return [
-        Memory.from_record(i, doc or "", dict(meta or {}))
-        for i, doc, meta in zip(ids, docs, metas, strict=True)
-    ]
 
 
 class ChromaStore:
@@ -80,15 +62,15 @@ class ChromaStore:
             if settings.chroma_host:
                 self._client = chromadb.HttpClient(
                     host=settings.chroma_host, port=settings.chroma_port,
-                    settings=_chroma_settings(),
+                    settings=chroma_settings(),
                 )
             else:
                 path = data_dir / "chroma"
                 path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(
-                    path=str(path), settings=_chroma_settings()
+                    path=str(path), settings=chroma_settings()
                 )
-            self._shards = self._check_layout(settings.shards)
+            self._shards = stored_shards(self._client, settings.shards)
             self._collections: dict[int, Any] = {}
             self._max_batch = max(1, int(self._client.get_max_batch_size()))
             self.history = MemoryHistory(database_path(data_dir))
@@ -97,18 +79,6 @@ class ChromaStore:
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
         self._cache = OwnerCache(settings, self._shards)
-
-    def _check_layout(self, wanted: int) -> int:
-        layout = self._client.get_or_create_collection(
-            LAYOUT_COLLECTION, metadata={"shards": wanted}, embedding_function=None
-        )
-        stored = int((layout.metadata or {}).get("shards", wanted))
-        if stored != wanted:
-            log.warning(
-                "store.shards=%d in settings but the store was created with %d; using %d",
-                wanted, stored, stored,
-            )
-        return stored
 
     def _shard(self, owner: Owner) -> int:
         return shard_of(owner[1], self._shards, owner[0])
@@ -135,7 +105,7 @@ class ChromaStore:
         if index is not None or too_large:
             return index
         got = self._collection_at(shard).get(
-            where=_where(owner), include=["embeddings", "documents", "metadatas"]
+            where=owner_where(owner), include=["embeddings", "documents", "metadatas"]
         )
         ids = got["ids"]
         if len(ids) > self._settings.cache_max_user_records:
@@ -147,7 +117,7 @@ class ChromaStore:
             if len(ids)
             else np.zeros((0, self._dimension), dtype=np.float32)
         )
-        index = UserIndex.build(_records(got), matrix, self._cache.analyzer)
+        index = UserIndex.build(memories_from(got), matrix, self._cache.analyzer)
         self._cache.remember(owner, index, shard, writes)
         return index
 
@@ -167,8 +137,8 @@ class ChromaStore:
         index = self._load(owner)
         if index is not None:
             return list(index.memories)
-        return _records(self._collection(owner).get(
-            where=_where(owner), include=["documents", "metadatas"]
+        return memories_from(self._collection(owner).get(
+            where=owner_where(owner), include=["documents", "metadatas"]
         ))
 
     # -- writes ------------------------------------------------------------------
@@ -300,7 +270,7 @@ class ChromaStore:
         owner = (tenant, user_id)
         try:
             collection = self._collection(owner)
-            ids = collection.get(where=_where(owner), include=[])["ids"]
+            ids = collection.get(where=owner_where(owner), include=[])["ids"]
             for start in range(0, len(ids), self._max_batch):
                 collection.delete(ids=ids[start : start + self._max_batch])
         except Exception as exc:
@@ -344,7 +314,7 @@ class ChromaStore:
                 )
             )
             if got["ids"]:
-                return _records(got)[0]
+                return memories_from(got)[0]
         return None
 
     def search(
@@ -354,22 +324,10 @@ class ChromaStore:
         owner = (tenant, user_id)
         index = self._read(self._load, owner)
         if index is None:
-            return self._read(
-                self._search_in_chroma, owner, vector, k, filters, include_superseded
-            )
-        if not index.memories or k <= 0:
-            return []
-        scores = index.matrix @ vector.astype(np.float32)
-        eligible = index.eligible(filters, include_superseded)
-        if eligible is not None:
-            scores = np.where(eligible, scores, -np.inf)
-            k = min(k, int(eligible.sum()))
-            if k <= 0:
-                return []
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return [ScoredMemory(index.memories[i], float(scores[i])) for i in top]
+            return self._read(lambda: search_collection(
+                self._collection(owner), owner, vector, k, filters, include_superseded
+            ))
+        return search_index(index, vector, k, filters, include_superseded)
 
     def candidates(
         self, user_id: str, vector: np.ndarray, query: str, *, tenant: str = DEFAULT_TENANT,
@@ -385,66 +343,11 @@ class ChromaStore:
         vector = np.asarray(vector, dtype=np.float32)
         index = self._read(self._load, owner)
         if index is None:
-            return self._read(
-                self._candidates_in_chroma, owner, vector, query, filters, include_superseded,
-                pool,
-            )
-        with index.lock:
-            memories = list(index.memories)
-            vectors = index.matrix
-            dense = vectors @ vector if len(memories) else np.zeros(0, dtype=np.float32)
-            keyword = index.keyword.scores(query)
-            created_at = index.created_at
-            eligible = index.eligible(filters, include_superseded)
-        if eligible is None:
-            eligible = np.ones(len(memories), dtype=bool)
-        return Candidates(memories, dense, keyword, created_at, vectors, eligible)
-
-    def _candidates_in_chroma(
-        self, owner: Owner, vector: np.ndarray, query: str, filters: Sequence[Condition],
-        include_superseded: bool, pool: int,
-    ) -> Candidates:
-        got = self._collection(owner).query(
-            query_embeddings=[vector], n_results=max(pool, 1), where=_where(owner),
-            include=["documents", "metadatas", "embeddings"],
-        )
-        memories = [
-            m for m in _records(got, nested=True)
-            if (include_superseded or not m.superseded_by) and matches(m, filters)
-        ]
-        wanted = {m.id for m in memories}
-        rows = [i for i, memory_id in enumerate(got["ids"][0]) if memory_id in wanted]
-        vectors = np.asarray(got["embeddings"][0], dtype=np.float32)[rows].reshape(
-            len(rows), -1)
-        keyword = KeywordIndex(self._cache.analyzer)
-        created = [m.created_at for m in memories]
-        keyword.add([m.text for m in memories], created)
-        return Candidates(
-            memories, vectors @ vector if rows else np.zeros(0, dtype=np.float32),
-            keyword.scores(query), np.asarray(created, dtype=np.float64), vectors,
-            np.ones(len(memories), dtype=bool), complete=False,
-        )
-
-    def _search_in_chroma(
-        self, owner: Owner, vector: np.ndarray, k: int, filters: Sequence[Condition],
-        include_superseded: bool,
-    ) -> list[ScoredMemory]:
-        # Filters (and leaving superseded memories out) apply to a widened candidate set: exact
-        # unless most of the nearest are filtered out, on owners too large to cache.
-        wanted = k if include_superseded and not filters else k * 10
-        got = self._collection(owner).query(
-            query_embeddings=[vector.astype(np.float32)],
-            n_results=max(wanted, 1),
-            where=_where(owner),
-            include=["documents", "metadatas", "distances"],
-        )
-        hits = [
-            ScoredMemory(memory, 1.0 - float(distance))
-            for memory, distance in zip(_records(got, nested=True), got["distances"][0],
-                                        strict=True)
-            if (include_superseded or not memory.superseded_by) and matches(memory, filters)
-        ]
-        return hits[:k]
+            return self._read(lambda: collection_candidates(
+                self._collection(owner), owner, vector, query, filters, include_superseded,
+                pool, self._cache.analyzer,
+            ))
+        return index_candidates(index, vector, query, filters, include_superseded)
 
     def list_page(
         self, user_id: str, *, tenant: str = DEFAULT_TENANT, filters: Sequence[Condition] = (),
@@ -476,7 +379,7 @@ class ChromaStore:
         if index is not None:
             return len(index.memories) - index.superseded
         got = self._read(lambda: self._collection(owner).get(
-            where=_where(owner), include=["metadatas"]
+            where=owner_where(owner), include=["metadatas"]
         ))
         return sum(1 for meta in got["metadatas"] if not (meta or {}).get("superseded_by"))
 
