@@ -1,8 +1,9 @@
 """Chroma's side of the store: client settings, the layout record, records read back.
 
-The layout itself is explained in proxy/store.py, which opens the client; these two are the
-only modules that import chromadb. Every record's metadata carries ``owner``
-(proxy/memory.py ``owner_key``), so an owner's memories are one ``where`` filter in its shard.
+The layout itself is explained in proxy/store.py, which opens the client and is the only
+module that imports chromadb (this one works on the client it is handed). Every record's
+metadata carries ``owner`` (proxy/memory.py ``owner_key``), so an owner's memories are one
+``where`` filter in its shard.
 """
 
 from __future__ import annotations
@@ -15,12 +16,6 @@ from proxy.memory import Memory, Owner, owner_key
 log = logging.getLogger("memproxy.store")
 
 LAYOUT_COLLECTION = "memproxy_layout"
-
-
-def chroma_settings() -> Any:
-    from chromadb.config import Settings as ChromaSettings
-
-    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
 def stored_shards(client: Any, wanted: int) -> int:

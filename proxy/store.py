@@ -1,4 +1,4 @@
-"""Memories and where they live. Only this module and proxy/chroma.py import chromadb.
+"""Memories and where they live. The only module that imports chromadb.
 
 Layout, chosen by measurement (see bench/store_scale.py and the README):
 - Chroma holds every memory durably, in ``shards`` collections (cosine space); an owner's
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.chroma import chroma_settings, memories_from, owner_where, stored_shards
+from proxy.chroma import memories_from, owner_where, stored_shards
 from proxy.config import StoreSettings
 from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
@@ -55,6 +55,10 @@ def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
 class ChromaStore:
     def __init__(self, settings: StoreSettings, data_dir: Path, dimension: int):
         import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        # Telemetry off: no phoning home from a self-hosted memory store.
+        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
         self._settings = settings
         self._dimension = dimension
@@ -62,13 +66,13 @@ class ChromaStore:
             if settings.chroma_host:
                 self._client = chromadb.HttpClient(
                     host=settings.chroma_host, port=settings.chroma_port,
-                    settings=chroma_settings(),
+                    settings=chroma_settings,
                 )
             else:
                 path = data_dir / "chroma"
                 path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(
-                    path=str(path), settings=chroma_settings()
+                    path=str(path), settings=chroma_settings
                 )
             self._shards = stored_shards(self._client, settings.shards)
             self._collections: dict[int, Any] = {}
