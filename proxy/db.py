@@ -9,7 +9,12 @@ edit one that has shipped.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DATABASE_FILENAME = "memproxy.sqlite"
 
@@ -129,6 +134,39 @@ def migrate(
             raise
         applied.append(name)
     return applied
+
+
+class Database:
+    """One migrated connection to a SQLite file, shared by threads under a lock.
+
+    Blocking (sqlite3): call it from a worker thread. Every write is one transaction.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = connect(path)
+        migrate(self._conn)
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` inside BEGIN IMMEDIATE … COMMIT; ROLLBACK if it raises."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = work(self._conn)
+                self._conn.execute("COMMIT")
+                return out
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
 
 
 def _statements(script: str) -> list[str]:

@@ -10,13 +10,12 @@ and history is never shown across owners even for an id someone else once used.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from proxy.db import connect, migrate
+from proxy.db import Database
 
 Event = Literal["ADD", "UPDATE", "SUPERSEDE", "DELETE"]
 EVENTS: tuple[Event, ...] = ("ADD", "UPDATE", "SUPERSEDE", "DELETE")
@@ -50,24 +49,7 @@ class MemoryHistory:
     """Blocking (sqlite3), thread-safe; shares the data dir's database with the job queue."""
 
     def __init__(self, path: Path):
-        self._lock = threading.Lock()
-        self._conn = connect(path)
-        migrate(self._conn)
-
-    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = work(self._conn)
-                self._conn.execute("COMMIT")
-                return out
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        self._db = Database(path)
 
     def record(self, events: Iterable[HistoryEvent]) -> None:
         rows = [
@@ -77,19 +59,19 @@ class MemoryHistory:
         ]
         if not rows:
             return
-        self._write(lambda conn: conn.executemany(
+        self._db.write(lambda conn: conn.executemany(
             "INSERT INTO memory_history (memory_id, tenant, user_id, event, old_text, new_text,"
             " created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows,
         ))
 
     def of_memory(self, memory_id: str) -> list[HistoryEvent]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT * FROM memory_history WHERE memory_id = ? ORDER BY id", (memory_id,)
         )
         return [HistoryEvent.from_row(r) for r in rows]
 
     def of_owner(self, tenant: str, user_id: str) -> list[HistoryEvent]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT * FROM memory_history WHERE tenant = ? AND user_id = ? ORDER BY id",
             (tenant, user_id),
         )
@@ -100,7 +82,7 @@ class MemoryHistory:
         found: dict[str, tuple[str, str]] = {}
         for start in range(0, len(memory_ids), 500):
             part = list(memory_ids[start : start + 500])
-            rows = self._read(
+            rows = self._db.read(
                 "SELECT memory_id, tenant, user_id FROM memory_history WHERE memory_id IN"
                 f" ({', '.join('?' for _ in part)}) ORDER BY id DESC", part,
             )
@@ -108,13 +90,12 @@ class MemoryHistory:
         return found
 
     def delete_owner(self, tenant: str, user_id: str) -> int:
-        return int(self._write(lambda conn: conn.execute(
+        return int(self._db.write(lambda conn: conn.execute(
             "DELETE FROM memory_history WHERE tenant = ? AND user_id = ?", (tenant, user_id)
         ).rowcount))
 
     def ping(self) -> None:
-        self._read("SELECT 1")
+        self._db.read("SELECT 1")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()

@@ -28,66 +28,15 @@ import dataclasses
 import json
 import random
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxy.config import JobSettings
-from proxy.db import connect, migrate
-from proxy.identity import Identity
-from proxy.jobs import (
-    UNFINISHED,
-    ExtractionJob,
-    ExtractionResult,
-    JobRow,
-    JobStats,
-    identity_from_json,
-    owner_of,
-)
+from proxy.job_admin import JobAdmin, hold_followers
+from proxy.jobs import ExtractionJob, ExtractionResult, identity_from_json
 
 
-def _hold_followers(conn: sqlite3.Connection, job_id: int, until: float) -> None:
-    """The owner's queued jobs behind ``job_id`` become due at ``until`` (or at once)."""
-    conn.execute(
-        "UPDATE jobs SET run_after = ? WHERE owner = (SELECT owner FROM jobs WHERE id = ?)"
-        " AND state = 'queued' AND id > ?",
-        (until, job_id, job_id),
-    )
-
-
-class JobQueue:
+class JobQueue(JobAdmin):
     """The jobs table. Blocking (sqlite3): call it from a worker thread. Thread-safe."""
-
-    def __init__(
-        self, path: Path, settings: JobSettings, *, clock: Callable[[], float] = time.time
-    ):
-        self.path = path
-        self._settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._conn = connect(path)
-        migrate(self._conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = work(self._conn)
-                self._conn.execute("COMMIT")
-                return out
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
 
     # -- producing ------------------------------------------------------------------------
     def enqueue(self, job: ExtractionJob) -> int | None:
@@ -122,7 +71,7 @@ class JobQueue:
             )
             return int(cursor.lastrowid or 0)
 
-        job_id: int | None = self._write(work)
+        job_id = self._db.write(work)
         if job_id is not None:
             job.id = job_id
         return job_id
@@ -167,11 +116,10 @@ class JobQueue:
                     " lease_owner = ?, lease_until = ?, updated_at = ? WHERE id = ?",
                     (worker, lease_until, now, row["id"]),
                 )
-                _hold_followers(conn, row["id"], lease_until)
+                hold_followers(conn, row["id"], lease_until)
                 return self._job(row, attempts=row["attempts"] + 1)
 
-        job: ExtractionJob | None = self._write(work)
-        return job
+        return self._db.write(work)
 
     def claim_followers(
         self, head: ExtractionJob, worker: str, ids: Sequence[int] | None = None
@@ -222,8 +170,7 @@ class JobQueue:
                 )
             return [self._job(row, attempts=row["attempts"]) for row in rows]
 
-        followers: list[ExtractionJob] = self._write(work)
-        return followers
+        return self._db.write(work)
 
     def unclaim(self, ids: Sequence[int], worker: str) -> None:
         """Followers back to queued (their head failed); they were no attempt of their own."""
@@ -231,7 +178,7 @@ class JobQueue:
             return
         now = self._clock()
         marks = ", ".join("?" for _ in ids)
-        self._write(lambda conn: conn.execute(
+        self._db.write(lambda conn: conn.execute(
             "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
             f" run_after = ?, updated_at = ? WHERE lease_owner = ? AND id IN ({marks})",
             (now, now, worker, *ids),
@@ -266,11 +213,10 @@ class JobQueue:
             if cursor.rowcount != 1:
                 return False
             if hold_followers_until is not None:
-                _hold_followers(conn, job_id, hold_followers_until)
+                hold_followers(conn, job_id, hold_followers_until)
             return True
 
-        changed: bool = self._write(work)
-        return changed
+        return self._db.write(work)
 
     def renew(self, job_id: int, worker: str) -> bool:
         now = self._clock()
@@ -352,11 +298,10 @@ class JobQueue:
                              (now, owner))
             return int(woken)
 
-        woken: int = self._write(work)
-        return woken
+        return self._db.write(work)
 
     def waiting_owners(self) -> set[str]:
-        rows = self._read("SELECT DISTINCT owner FROM jobs WHERE state = 'waiting_key'")
+        rows = self._db.read("SELECT DISTINCT owner FROM jobs WHERE state = 'waiting_key'")
         return {row[0] for row in rows}
 
     def release_stale_leases(self, is_stale: Callable[[str], bool]) -> int:
@@ -374,111 +319,7 @@ class JobQueue:
                     "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                     " run_after = ?, updated_at = ? WHERE id = ?", (now, now, job_id),
                 )
-                _hold_followers(conn, job_id, now)
+                hold_followers(conn, job_id, now)
             return len(stale)
 
-        released: int = self._write(work)
-        return released
-
-    # -- housekeeping, inspection ---------------------------------------------------------
-    def ping(self) -> None:
-        self._read("SELECT count(*) FROM _migrations")
-
-    def maintain(self) -> None:
-        """Purge old finished jobs; dead-letter jobs that waited too long for a key."""
-        now = self._clock()
-        s = self._settings
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?",
-                (now - s.keep_done_seconds,),
-            )
-            expired = [row[0] for row in conn.execute(
-                "SELECT id FROM jobs WHERE state = 'waiting_key' AND updated_at < ?",
-                (now - s.key_wait_seconds,),
-            )]
-            for job_id in expired:
-                conn.execute(
-                    "UPDATE jobs SET state = 'dead', finished_at = ?, updated_at = ?,"
-                    " last_error = 'no API key: the user made no request within"
-                    " key_wait_seconds' WHERE id = ?", (now, now, job_id),
-                )
-                _hold_followers(conn, job_id, now)
-
-        self._write(work)
-
-    def stats(self) -> JobStats:
-        now = self._clock()
-        stats = JobStats()
-        rows = self._read(
-            "SELECT state, last_error IS NOT NULL AS failed, count(*) AS n,"
-            " min(created_at) AS oldest FROM jobs GROUP BY state, failed"
-        )
-        oldest = now
-        for row in rows:
-            state = "failed" if row["state"] == "queued" and row["failed"] else row["state"]
-            setattr(stats, state, getattr(stats, state) + row["n"])
-            if row["state"] in UNFINISHED:
-                oldest = min(oldest, row["oldest"])
-        stats.lag_seconds = max(0.0, now - oldest)
-        return stats
-
-    def list(
-        self, states: Iterable[str] = (), user_id: str | None = None, limit: int = 50
-    ) -> list[JobRow]:
-        where, params = ["1 = 1"], []
-        wanted = list(states)
-        if wanted:
-            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
-            params += wanted
-        if user_id is not None:
-            where.append("json_extract(identity, '$.user_id') = ?")
-            params.append(user_id)
-        rows = self._read(
-            f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [
-            JobRow(
-                id=row["id"], state=row["state"],
-                user_id=json.loads(row["identity"]).get("user_id"),
-                attempts=row["attempts"], created_at=row["created_at"],
-                run_after=row["run_after"], finished_at=row["finished_at"],
-                last_error=row["last_error"],
-                facts=len(ExtractionResult.from_json(row["result"]).facts)
-                if row["result"] else None,
-            )
-            for row in rows
-        ]
-
-    def retry(self, ids: Sequence[int] = (), *, all_dead: bool = False) -> int:
-        """Queue dead (or waiting/failed) jobs again with a fresh attempt count."""
-        now = self._clock()
-        if not ids and not all_dead:
-            return 0
-        where = "state = 'dead'" if all_dead else (
-            f"id IN ({', '.join('?' for _ in ids)}) AND state IN ('dead', 'queued', 'waiting_key')"
-        )
-        return int(self._write(lambda conn: conn.execute(
-            "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?, updated_at = ?,"
-            f" finished_at = NULL WHERE {where}", (now, now, *([] if all_dead else ids)),
-        ).rowcount))
-
-    def purge(self, states: Sequence[str] = ("done",), older_than_seconds: float = 0.0) -> int:
-        """Delete finished jobs (``done`` and/or ``dead``) older than the given age."""
-        finished = [s for s in states if s in ("done", "dead")]
-        if not finished:
-            return 0
-        cutoff = self._clock() - older_than_seconds
-        return int(self._write(lambda conn: conn.execute(
-            f"DELETE FROM jobs WHERE state IN ({', '.join('?' for _ in finished)})"
-            " AND coalesce(finished_at, updated_at) <= ?", (*finished, cutoff),
-        ).rowcount))
-
-    def delete_owner(self, identity: Identity) -> int:
-        """Forget every job of one owner (the user asked to be forgotten)."""
-        owner = owner_of(identity)
-        return int(self._write(
-            lambda conn: conn.execute("DELETE FROM jobs WHERE owner = ?", (owner,)).rowcount
-        ))
+        return self._db.write(work)

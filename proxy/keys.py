@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.db import connect, migrate
+from proxy.db import Database
 
 TOKEN_PREFIX = "mp-"
 
@@ -54,9 +53,7 @@ class KeyStore:
     """The api_keys table. Blocking (sqlite3), thread-safe; look-ups are one index probe."""
 
     def __init__(self, path: Path):
-        self._lock = threading.Lock()
-        self._conn = connect(path)
-        migrate(self._conn)
+        self._db = Database(path)
 
     def create(
         self, tenant: str, user_id: str | None = None, name: str | None = None
@@ -67,24 +64,22 @@ class KeyStore:
             id="key_" + secrets.token_hex(6), prefix=token[:9] + "…", tenant=tenant,
             user_id=user_id, name=name, created_at=time.time(),
         )
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO api_keys (id, key_hash, prefix, tenant, user_id, name, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, hash_token(token), key.prefix, tenant, user_id, name, key.created_at),
-            )
+        self._db.write(lambda conn: conn.execute(
+            "INSERT INTO api_keys (id, key_hash, prefix, tenant, user_id, name, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.id, hash_token(token), key.prefix, tenant, user_id, name, key.created_at),
+        ))
         return key, token
 
     def lookup(self, token: str) -> ProxyKey | None:
         """The active key with this token, or None."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                (hash_token(token),),
-            ).fetchone()
-        return ProxyKey.from_row(row) if row else None
+        rows = self._db.read(
+            "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (hash_token(token),),
+        )
+        return ProxyKey.from_row(rows[0]) if rows else None
 
     def list(self, tenant: str | None = None, include_revoked: bool = False) -> list[ProxyKey]:
         where, params = ["1 = 1"], []
@@ -93,21 +88,17 @@ class KeyStore:
             params.append(tenant)
         if not include_revoked:
             where.append("revoked_at IS NULL")
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM api_keys WHERE {' AND '.join(where)} ORDER BY created_at",
-                params,
-            ).fetchall()
+        rows = self._db.read(
+            f"SELECT * FROM api_keys WHERE {' AND '.join(where)} ORDER BY created_at", params
+        )
         return [ProxyKey.from_row(r) for r in rows]
 
     def revoke(self, key_id: str) -> bool:
-        with self._lock:
-            changed = self._conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (time.time(), key_id),
-            ).rowcount
+        changed = self._db.write(lambda conn: conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id),
+        ).rowcount)
         return bool(changed)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()

@@ -1,0 +1,147 @@
+"""The operator's side of the jobs table: inspection, retry, purge and housekeeping.
+
+``JobAdmin`` owns the table's database; ``JobQueue`` (proxy/job_queue.py) extends it with
+the producing and consuming side. ``memproxy jobs`` (list, retry, purge), the metrics, the
+health check and the workers' periodic ``maintain`` use what is here. How jobs move between
+states is drawn in proxy/job_queue.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from proxy.config import JobSettings
+from proxy.db import Database
+from proxy.identity import Identity
+from proxy.jobs import UNFINISHED, ExtractionResult, JobRow, JobStats, owner_of
+
+
+def hold_followers(conn: sqlite3.Connection, job_id: int, until: float) -> None:
+    """The owner's queued jobs behind ``job_id`` become due at ``until`` (or at once)."""
+    conn.execute(
+        "UPDATE jobs SET run_after = ? WHERE owner = (SELECT owner FROM jobs WHERE id = ?)"
+        " AND state = 'queued' AND id > ?",
+        (until, job_id, job_id),
+    )
+
+
+class JobAdmin:
+    """The jobs table for an operator. Blocking (sqlite3): call it from a worker thread."""
+
+    def __init__(
+        self, path: Path, settings: JobSettings, *, clock: Callable[[], float] = time.time
+    ):
+        self.path = path
+        self._settings = settings
+        self._clock = clock
+        self._db = Database(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- housekeeping, inspection ---------------------------------------------------------
+    def ping(self) -> None:
+        self._db.read("SELECT count(*) FROM _migrations")
+
+    def maintain(self) -> None:
+        """Purge old finished jobs; dead-letter jobs that waited too long for a key."""
+        now = self._clock()
+        s = self._settings
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?",
+                (now - s.keep_done_seconds,),
+            )
+            expired = [row[0] for row in conn.execute(
+                "SELECT id FROM jobs WHERE state = 'waiting_key' AND updated_at < ?",
+                (now - s.key_wait_seconds,),
+            )]
+            for job_id in expired:
+                conn.execute(
+                    "UPDATE jobs SET state = 'dead', finished_at = ?, updated_at = ?,"
+                    " last_error = 'no API key: the user made no request within"
+                    " key_wait_seconds' WHERE id = ?", (now, now, job_id),
+                )
+                hold_followers(conn, job_id, now)
+
+        self._db.write(work)
+
+    def stats(self) -> JobStats:
+        now = self._clock()
+        stats = JobStats()
+        rows = self._db.read(
+            "SELECT state, last_error IS NOT NULL AS failed, count(*) AS n,"
+            " min(created_at) AS oldest FROM jobs GROUP BY state, failed"
+        )
+        oldest = now
+        for row in rows:
+            state = "failed" if row["state"] == "queued" and row["failed"] else row["state"]
+            setattr(stats, state, getattr(stats, state) + row["n"])
+            if row["state"] in UNFINISHED:
+                oldest = min(oldest, row["oldest"])
+        stats.lag_seconds = max(0.0, now - oldest)
+        return stats
+
+    def list(
+        self, states: Iterable[str] = (), user_id: str | None = None, limit: int = 50
+    ) -> list[JobRow]:
+        where, params = ["1 = 1"], []
+        wanted = list(states)
+        if wanted:
+            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
+            params += wanted
+        if user_id is not None:
+            where.append("json_extract(identity, '$.user_id') = ?")
+            params.append(user_id)
+        rows = self._db.read(
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            JobRow(
+                id=row["id"], state=row["state"],
+                user_id=json.loads(row["identity"]).get("user_id"),
+                attempts=row["attempts"], created_at=row["created_at"],
+                run_after=row["run_after"], finished_at=row["finished_at"],
+                last_error=row["last_error"],
+                facts=len(ExtractionResult.from_json(row["result"]).facts)
+                if row["result"] else None,
+            )
+            for row in rows
+        ]
+
+    def retry(self, ids: Sequence[int] = (), *, all_dead: bool = False) -> int:
+        """Queue dead (or waiting/failed) jobs again with a fresh attempt count."""
+        now = self._clock()
+        if not ids and not all_dead:
+            return 0
+        where = "state = 'dead'" if all_dead else (
+            f"id IN ({', '.join('?' for _ in ids)}) AND state IN ('dead', 'queued', 'waiting_key')"
+        )
+        return int(self._db.write(lambda conn: conn.execute(
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?, updated_at = ?,"
+            f" finished_at = NULL WHERE {where}", (now, now, *([] if all_dead else ids)),
+        ).rowcount))
+
+    def purge(self, states: Sequence[str] = ("done",), older_than_seconds: float = 0.0) -> int:
+        """Delete finished jobs (``done`` and/or ``dead``) older than the given age."""
+        finished = [s for s in states if s in ("done", "dead")]
+        if not finished:
+            return 0
+        cutoff = self._clock() - older_than_seconds
+        return int(self._db.write(lambda conn: conn.execute(
+            f"DELETE FROM jobs WHERE state IN ({', '.join('?' for _ in finished)})"
+            " AND coalesce(finished_at, updated_at) <= ?", (*finished, cutoff),
+        ).rowcount))
+
+    def delete_owner(self, identity: Identity) -> int:
+        """Forget every job of one owner (the user asked to be forgotten)."""
+        owner = owner_of(identity)
+        return int(self._db.write(
+            lambda conn: conn.execute("DELETE FROM jobs WHERE owner = ?", (owner,)).rowcount
+        ))
