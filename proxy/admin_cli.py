@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import httpx
 
-from proxy.config import ConfigError, load_settings
+from proxy.cli_common import settings_from_args
 
 IMPORT_BATCH = 1000
 
@@ -28,11 +28,7 @@ class CommandFailed(Exception):
 
 class Client:
     def __init__(self, args: argparse.Namespace):
-        try:
-            settings = load_settings(args.config)
-        except ConfigError as exc:
-            print(f"memproxy: {exc}", file=sys.stderr)
-            raise SystemExit(2) from exc
+        settings = settings_from_args(args)
         self.url = (args.url or f"http://{settings.server.host}:{settings.server.port}").rstrip(
             "/")
         self.headers = {}

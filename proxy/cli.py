@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
-from typing import Any
 
 from proxy.admin_cli import add_admin_commands
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.cli_common import settings_from_args
 from proxy.jobs_cli import add_jobs_commands
 from proxy.keys_cli import add_keys_commands
 
@@ -22,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
 
-    settings = _settings(args, {"server.host": args.host, "server.port": args.port})
+    settings = settings_from_args(args, {"server.host": args.host, "server.port": args.port})
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -48,14 +46,6 @@ def _serve(args: argparse.Namespace) -> int:
         date_header=False,
     )
     return 0
-
-
-def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
-    try:
-        return load_settings(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"memproxy: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,18 +13,14 @@ import sys
 import time
 from typing import Any
 
-from proxy.config import ConfigError, load_settings
+from proxy.cli_common import add_subcommand, settings_from_args
 from proxy.db import database_path
 from proxy.job_queue import JobQueue
 from proxy.jobs import STATES
 
 
 def _queue(args: argparse.Namespace) -> JobQueue | None:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"memproxy: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    settings = settings_from_args(args)
     path = database_path(settings.data_dir)
     if not path.exists():
         print(f"no jobs: {path} does not exist yet", file=sys.stderr)
@@ -79,10 +75,7 @@ def add_jobs_commands(commands: Any) -> None:
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
 
     def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        parser.add_argument("--config", default=argparse.SUPPRESS, help="path to config.yaml")
-        parser.set_defaults(func=func)
-        return parser
+        return add_subcommand(sub, name, help_text, func)
 
     listing = command("list", "list jobs, newest first", _list)
     listing.add_argument("--state", action="append", choices=STATES,

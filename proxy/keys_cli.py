@@ -12,18 +12,14 @@ import sys
 import time
 from typing import Any
 
-from proxy.config import ConfigError, load_settings
+from proxy.cli_common import add_subcommand, settings_from_args
 from proxy.db import database_path
 from proxy.identity import check_id
 from proxy.keys import KeyStore
 
 
 def _keys(args: argparse.Namespace) -> KeyStore:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"memproxy: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    settings = settings_from_args(args)
     return KeyStore(database_path(settings.data_dir))
 
 
@@ -89,11 +85,7 @@ def add_keys_commands(commands: Any) -> None:
     sub = keys.add_subparsers(dest="keys_command", required=True)
 
     def command(name: str, text: str, func: Any) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, help=text)
-        parser.add_argument("--config", default=argparse.SUPPRESS, help="path to config.yaml")
-        parser.add_argument("--json", action="store_true", help="print JSON")
-        parser.set_defaults(func=func)
-        return parser
+        return add_subcommand(sub, name, text, func, json_flag=True)
 
     create = command("create", "create a key (printed once)", _create)
     create.add_argument("--tenant", required=True, help="the tenant whose memories it uses")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,10 @@ def build_query(messages: Sequence[Any], short_query_chars: int) -> str:
 
 
 def ranking_params(settings: RetrievalSettings, include_superseded: bool) -> RankingParams:
-    return RankingParams(
-        fusion=settings.fusion, dense_weight=settings.dense_weight,
-        keyword_weight=settings.keyword_weight, rrf_k=settings.rrf_k,
-        tie_tolerance=settings.tie_tolerance, mmr_lambda=settings.mmr_lambda,
-        mmr_similarity_floor=settings.mmr_similarity_floor, mmr_pool=settings.mmr_pool,
-        include_superseded=include_superseded,
-    )
+    # RankingParams mirrors the fusion knobs of RetrievalSettings, field for field.
+    knobs = {f.name: getattr(settings, f.name) for f in fields(RankingParams)
+             if f.name != "include_superseded"}
+    return RankingParams(**knobs, include_superseded=include_superseded)
 
 
 class Retriever:
