@@ -12,11 +12,16 @@ Writes go to Chroma first, then into the cached index, so the cache never holds 
 Chroma does not. A load that raced a write to its shard is used once, not cached.
 Every change also writes a row of history (proxy/history.py) in the data dir's SQLite file.
 Superseded memories stay stored and listable; search leaves them out unless asked.
+Writes hold one lock from the read that decides them to the write itself, so a change racing
+a delete cannot bring the memory back, and a job's writes after its owner was forgotten are
+dropped (proxy/forget_fence.py).
 Scoring one owner's memories (cached index or Chroma) is in proxy/owner_search.py.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -30,6 +35,7 @@ from proxy.chroma import memories_from, owner_where, stored_shards
 from proxy.config import StoreSettings
 from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
+from proxy.forget_fence import ForgetLog
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition, matches, page
@@ -45,6 +51,8 @@ from proxy.owner_search import (
 __all__ = [
     "Candidates", "ChromaStore", "Memory", "MemoryStore", "Owner", "ScoredMemory", "shard_of",
 ]
+
+log = logging.getLogger("memproxy.store")
 
 
 def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
@@ -83,6 +91,15 @@ class ChromaStore:
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
         self._cache = OwnerCache(settings, self._shards)
+        self._writes = threading.RLock()
+        self._forgets = ForgetLog()
+
+    def _refused(self, owner: Owner) -> bool:
+        """Under ``_writes``: a write for an owner forgotten since the work behind it began."""
+        if self._forgets.refuses(owner):
+            log.info("dropped a write begun before its user was forgotten")
+            return True
+        return False
 
     def _shard(self, owner: Owner) -> int:
         return shard_of(owner[1], self._shards, owner[0])
@@ -147,13 +164,17 @@ class ChromaStore:
 
     # -- writes ------------------------------------------------------------------
     def add(self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api") -> None:
-        if not memories:
-            return
-        self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=False)
-        self.history.record(
-            HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
-            for m in memories
-        )
+        with self._writes:
+            rows = [i for i, m in enumerate(memories) if not self._refused(m.owner)]
+            if not rows:
+                return
+            memories = [memories[i] for i in rows]
+            vectors = np.asarray(vectors, dtype=np.float32)[rows]
+            self._write_records(memories, vectors, upsert=False)
+            self.history.record(
+                HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
+                for m in memories
+            )
 
     def _write_records(self, memories: Sequence[Memory], vectors: np.ndarray, upsert: bool) -> None:
         # One Chroma call per shard (split at Chroma's batch limit), not one per owner: each
@@ -218,70 +239,78 @@ class ChromaStore:
         actor: str = "api",
     ) -> Memory | None:
         """Change a memory's text (re-embedded: pass its ``vector``) and/or user metadata."""
-        current = self.get(memory_id)
-        if current is None:
-            return None
-        if text is not None and text != current.text and vector is None:
-            raise ValueError("a changed text needs its new vector")
-        changed = replace(
-            current,
-            text=current.text if text is None else text,
-            metadata=current.metadata if metadata is None else dict(metadata),
-            updated_at=time.time(),
-        )
-        self._rewrite(changed, vector if text is not None and text != current.text else None)
-        self.history.record([HistoryEvent(
-            memory_id, current.tenant, current.user_id, "UPDATE", current.text, changed.text,
-            changed.updated_at, actor,
-        )])
-        return changed
+        with self._writes:
+            current = self.get(memory_id)
+            if current is None or self._refused(current.owner):
+                return None
+            if text is not None and text != current.text and vector is None:
+                raise ValueError("a changed text needs its new vector")
+            changed = replace(
+                current,
+                text=current.text if text is None else text,
+                metadata=current.metadata if metadata is None else dict(metadata),
+                updated_at=time.time(),
+            )
+            self._rewrite(changed, vector if text is not None and text != current.text else None)
+            self.history.record([HistoryEvent(
+                memory_id, current.tenant, current.user_id, "UPDATE", current.text,
+                changed.text, changed.updated_at, actor,
+            )])
+            return changed
 
     def supersede(
         self, old_id: str, new: Memory, vector: np.ndarray, *, actor: str = "api"
     ) -> Memory | None:
         """Store ``new`` as the successor of ``old_id``, which is kept, marked, out of search."""
-        old = self.get(old_id)
-        if old is None or old.owner != new.owner:
-            return None
-        if self.get(new.id) is None:  # a replay after a crash between the two writes
-            self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
-        now = time.time()
-        marked = replace(old, superseded_by=new.id, valid_to=now, updated_at=now)
-        self._rewrite(marked, None)
-        self.history.record([HistoryEvent(
-            old.id, old.tenant, old.user_id, "SUPERSEDE", old.text, new.text, now, actor
-        )])
-        return marked
+        with self._writes:
+            old = self.get(old_id)
+            if old is None or old.owner != new.owner or self._refused(old.owner):
+                return None
+            if self.get(new.id) is None:  # a replay after a crash between the two writes
+                self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
+            now = time.time()
+            marked = replace(old, superseded_by=new.id, valid_to=now, updated_at=now)
+            self._rewrite(marked, None)
+            self.history.record([HistoryEvent(
+                old.id, old.tenant, old.user_id, "SUPERSEDE", old.text, new.text, now, actor
+            )])
+            return marked
 
     def delete(self, memory_id: str, *, actor: str = "api") -> Memory | None:
         """Remove a memory; its history stays (with a DELETE row). Returns what was removed."""
-        memory = self.get(memory_id)
-        if memory is None:
-            return None
-        try:
-            self._collection(memory.owner).delete(ids=[memory_id])
-        except Exception as exc:
-            raise MemoryUnavailable(f"store write failed: {exc}") from exc
-        self._changed(memory.owner, lambda index: index.remove([memory_id]))
-        self.history.record([HistoryEvent(
-            memory_id, memory.tenant, memory.user_id, "DELETE", memory.text, None, time.time(),
-            actor,
-        )])
-        return memory
+        with self._writes:
+            memory = self.get(memory_id)
+            if memory is None or self._refused(memory.owner):
+                return None
+            try:
+                self._collection(memory.owner).delete(ids=[memory_id])
+            except Exception as exc:
+                raise MemoryUnavailable(f"store write failed: {exc}") from exc
+            self._changed(memory.owner, lambda index: index.remove([memory_id]))
+            self.history.record([HistoryEvent(
+                memory_id, memory.tenant, memory.user_id, "DELETE", memory.text, None,
+                time.time(), actor,
+            )])
+            return memory
 
     def delete_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, int]:
-        """Forget an owner entirely: memories and history. Returns the counts removed."""
+        """Forget an owner entirely: memories and history. Returns the counts removed.
+
+        Work already running for the owner (an extraction job) writes nothing afterwards.
+        """
         owner = (tenant, user_id)
-        try:
-            collection = self._collection(owner)
-            ids = collection.get(where=owner_where(owner), include=[])["ids"]
-            for start in range(0, len(ids), self._max_batch):
-                collection.delete(ids=ids[start : start + self._max_batch])
-        except Exception as exc:
-            raise MemoryUnavailable(f"store write failed: {exc}") from exc
-        self._changed(owner)
-        self._cache.too_large(owner, False)
-        return {"memories": len(ids), "history": self.history.delete_owner(tenant, user_id)}
+        with self._writes:
+            self._forgets.forgot(owner)
+            try:
+                collection = self._collection(owner)
+                ids = collection.get(where=owner_where(owner), include=[])["ids"]
+                for start in range(0, len(ids), self._max_batch):
+                    collection.delete(ids=ids[start : start + self._max_batch])
+            except Exception as exc:
+                raise MemoryUnavailable(f"store write failed: {exc}") from exc
+            self._changed(owner)
+            self._cache.too_large(owner, False)
+            return {"memories": len(ids), "history": self.history.delete_owner(tenant, user_id)}
 
     def restore(
         self, memories: Sequence[Memory], vectors: np.ndarray,
@@ -293,15 +322,16 @@ class ChromaStore:
         an ADD row.
         An id already stored for the same owner is overwritten (importing twice is harmless).
         """
-        had_history = {event.memory_id for event in history}
-        had_history |= set(self.history.owners([m.id for m in memories]))
-        if memories:
-            self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=True)
-        self.history.record([
-            *history,
-            *(HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
-              for m in memories if m.id not in had_history),
-        ])
+        with self._writes:
+            had_history = {event.memory_id for event in history}
+            had_history |= set(self.history.owners([m.id for m in memories]))
+            if memories:
+                self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=True)
+            self.history.record([
+                *history,
+                *(HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
+                  for m in memories if m.id not in had_history),
+            ])
 
     # -- reads -------------------------------------------------------------------
     def get(self, memory_id: str) -> Memory | None:

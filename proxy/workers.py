@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import anyio
 
 from proxy.config import JobSettings
+from proxy.forget_fence import work_started
 from proxy.identity import Identity
 from proxy.job_queue import JobQueue
 from proxy.jobs import ExtractionJob, ExtractionResult, JobStats, exchange_hash, owner_of
@@ -282,7 +283,8 @@ class ExtractionWorkers:
                 result = await handler.extract(work)
                 # Saved before it is applied: a replay applies these same facts.
                 await self._db(self.queue.save_result, job_id, self.token, result)
-            await handler.apply(work, result)
+            with work_started(work.created_at):  # forgotten since: the store drops its writes
+                await handler.apply(work, result)
         except asyncio.CancelledError:
             # Shutdown: give the job back at once (blocking is fine while stopping).
             self.queue.unclaim([f.id for f in followers if f.id is not None], self.token)
