@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,7 +22,7 @@ from proxy.config import Settings
 from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
 from proxy.identity import Identity, resolve_identity
 from proxy.injection import inject_memory_block, render_memory_block
-from proxy.jobs import ExtractionJob
+from proxy.jobs import ExtractionJob, owner_of
 from proxy.metrics import Metrics
 from proxy.providers import complete_via_litellm, open_litellm_stream
 from proxy.responses import RelayResponse
@@ -156,6 +156,7 @@ class ChatCompletions:
             if body.get("stream") is True:
                 assembler = ChatStreamAssembler()
                 source = await open_litellm_stream(forwarded, route)
+                finish.announce()
                 return RelayResponse(
                     200,
                     [("content-type", "text/event-stream"), ("cache-control", "no-cache"),
@@ -165,6 +166,7 @@ class ChatCompletions:
                                              else None),
                 )
             result = await complete_via_litellm(forwarded, route)
+            finish.announce()
             return JSONResponse(
                 result, headers=dict(outcome.headers()),
                 background=BackgroundTask(finish, assistant_text_of(json.dumps(result).encode())),
@@ -177,7 +179,7 @@ class ChatCompletions:
         raw: bytes,
         body: dict[str, Any],
         outcome: MemoryOutcome,
-        finish: Callable[[str | None], Awaitable[None]],
+        finish: Finish,
     ) -> Response | RelayResponse:
         upstream = self.s.upstream
         response = await upstream.send(
@@ -196,11 +198,13 @@ class ChatCompletions:
             finally:
                 await response.aclose()
             # Enqueued once the response is sent: the client never waits for the job row.
-            background = (
-                BackgroundTask(finish, assistant_text_of(content)) if response.is_success else None
-            )
+            background = None
+            if response.is_success:
+                finish.announce()
+                background = BackgroundTask(finish, assistant_text_of(content))
             return _raw_response(content, response.status_code, headers, background)
         assembler = ChatStreamAssembler()
+        finish.announce()
 
         async def on_finish(completed: bool) -> None:
             await finish(assembler.text if completed and assembler.complete else None)
@@ -246,29 +250,55 @@ class ChatCompletions:
         injected, _ = inject_memory_block(messages, render_memory_block(found))
         return MemoryOutcome("injected", len(found), injected)
 
-    def _finisher(
-        self, request: Request, identity: Identity, body: dict[str, Any]
-    ) -> Callable[[str | None], Awaitable[None]]:
-        jobs = self.s.jobs
+    def _finisher(self, request: Request, identity: Identity, body: dict[str, Any]) -> Finish:
         # Read the key now: the request object is gone when a stream finishes.
         api_key = self.s.upstream.caller_api_key(request.headers)
         user_texts = [valid_text(text) for text in new_user_turn(body["messages"])]
+        return Finish(self.s.jobs, identity, api_key, user_texts, body)
 
-        async def finish(assistant_text: str | None) -> None:
-            """After a successful response: enqueue the exchange (durable, off the hot path)."""
+
+
+class Finish:
+    """After a successful response: enqueue the exchange (durable, off the hot path).
+
+    ``announce()`` runs when the response is known to succeed, before it is sent, so that
+    ``GET /v1/users/{id}/jobs`` counts the exchange from the moment the client has its answer.
+    """
+
+    def __init__(
+        self, jobs: ExtractionWorkers | None, identity: Identity, api_key: str | None,
+        user_texts: list[str], body: dict[str, Any],
+    ):
+        self._jobs = jobs
+        self._identity = identity
+        self._api_key = api_key
+        self._user_texts = user_texts
+        self._body = body
+        self._token: int | None = None
+
+    def announce(self) -> None:
+        jobs = self._jobs
+        if jobs is not None and self._identity.writes and self._user_texts and self._token is None:
+            self._token = jobs.answered.add(owner_of(self._identity))
+
+    async def __call__(self, assistant_text: str | None) -> None:
+        jobs = self._jobs
+        try:
             if jobs is None or assistant_text is None:
                 return
-            await jobs.saw_caller(identity, api_key)  # may wake this user's parked jobs
-            if not identity.writes or not user_texts:
+            identity = self._identity
+            await jobs.saw_caller(identity, self._api_key)  # may wake this user's parked jobs
+            if not identity.writes or not self._user_texts:
                 return
             job = ExtractionJob(
-                identity=identity, user_texts=user_texts, assistant_text=valid_text(assistant_text),
-                model=str(body.get("model", "")),
+                identity=identity, user_texts=self._user_texts,
+                assistant_text=valid_text(assistant_text), model=str(self._body.get("model", "")),
             )
-            await jobs.submit(job, api_key, body["messages"])
-
-        return finish
-
+            await jobs.submit(job, self._api_key, self._body["messages"])
+        finally:
+            if jobs is not None and self._token is not None:
+                jobs.answered.discard(self._token)
+                self._token = None
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:

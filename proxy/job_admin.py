@@ -115,6 +115,20 @@ class JobAdmin:
             for row in rows
         ]
 
+    def pending_of(self, identity: Identity) -> dict[str, int]:
+        """One owner's unfinished jobs by state (``failed``: queued again after an error)."""
+        counts = {"queued": 0, "failed": 0, "running": 0, "waiting_key": 0}
+        rows = self._db.read(
+            "SELECT state, last_error IS NOT NULL AS failed, count(*) AS n FROM jobs"
+            f" WHERE owner = ? AND state IN ({', '.join('?' for _ in UNFINISHED)})"
+            " GROUP BY state, failed",
+            (owner_of(identity), *UNFINISHED),
+        )
+        for row in rows:
+            state = "failed" if row["state"] == "queued" and row["failed"] else row["state"]
+            counts[state] += row["n"]
+        return counts
+
     def retry(self, ids: Sequence[int] = (), *, all_dead: bool = False) -> int:
         """Queue dead (or waiting/failed) jobs again with a fresh attempt count."""
         now = self._clock()

@@ -17,6 +17,7 @@ from proxy.api import MemoriesAPI, dispatch
 from proxy.errors import MemoryUnavailable
 from proxy.openapi import openapi_document
 from proxy.transfer import export_user, import_memories
+from proxy.user_jobs import user_jobs
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -50,6 +51,7 @@ PATHS: dict[str, dict[str, Operation]] = {
     },
     "/v1/memories/{memory_id}/history": {"GET": _method("history")},
     "/v1/users/{user_id}/export": {"GET": export_user},
+    "/v1/users/{user_id}/jobs": {"GET": user_jobs},
     "/v1/users/{user_id}": {"DELETE": _method("forget_user")},
 }
 

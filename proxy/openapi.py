@@ -198,6 +198,18 @@ def openapi_document() -> dict[str, Any]:
                     "description": "One memory per line",
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}),
             },
+            "/v1/users/{user_id}/jobs": {
+                "parameters": [_path("user_id"), TENANT, _query(
+                    "wait", "Wait up to this many seconds (at most 60) for the user's pending "
+                    "jobs to finish", {"type": "number", "minimum": 0, "maximum": 60})],
+                "get": _op("A user's extraction jobs still to run (memories appear after them)",
+                           {"200": _json({"type": "object", "properties": {
+                               "pending": {"type": "integer"},
+                               "states": {"type": "object",
+                                          "additionalProperties": {"type": "integer"}},
+                               "timed_out": {"type": "boolean"},
+                               "extraction": {"enum": ["llm", "raw", "off"]}}})}),
+            },
             "/v1/users/{user_id}": {
                 "parameters": [_path("user_id"), TENANT],
                 "delete": _op("Forget a user: memories, history and pending jobs", {

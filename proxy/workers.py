@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -68,6 +70,37 @@ class CallerKeys:
             self._by_job.pop(job_id, None)
 
 
+class AnsweredExchanges:
+    """Exchanges answered to the client whose job is not stored yet, per owner (in process).
+
+    A job row is written after the response went out, so a client asking "are my jobs done?"
+    right after its answer could find none yet; this counts the exchanges on their way.
+    An entry is dropped once its job is stored, or after ``ttl`` (a response whose client
+    left before the job was written).
+    """
+
+    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._entries: dict[int, tuple[str, float]] = {}
+        self._next = itertools.count(1)
+        self._ttl = ttl
+        self._clock = clock
+
+    def add(self, owner: str) -> int:
+        token = next(self._next)
+        self._entries[token] = (owner, self._clock() + self._ttl)
+        return token
+
+    def discard(self, token: int) -> None:
+        self._entries.pop(token, None)
+
+    def count(self, owner: str) -> int:
+        now = self._clock()
+        for token, (_, deadline) in list(self._entries.items()):
+            if deadline < now:
+                del self._entries[token]
+        return sum(1 for who, _ in self._entries.values() if who == owner)
+
+
 def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -107,6 +140,7 @@ class ExtractionWorkers:
         self._handler = handler
         self._settings = settings
         self.keys = CallerKeys()
+        self.answered = AnsweredExchanges()
         self.token = process_token()
         self.counts: Counter[str] = Counter()
         self.db_error: str | None = None
@@ -167,6 +201,11 @@ class ExtractionWorkers:
             self.keys.remember(job.owner, api_key, job_id)
         self._wake.set()
         return job_id
+
+    async def pending(self, identity: Identity) -> dict[str, int]:
+        """One owner's unfinished jobs by state, ``answered`` for those not stored yet."""
+        counts: dict[str, int] = await self._db(self.queue.pending_of, identity)
+        return {"answered": self.answered.count(owner_of(identity)), **counts}
 
     async def stats(self) -> JobStats | None:
         """Counts by state for /metrics; None when the database cannot be read."""
