@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from proxy.admin_cli import add_admin_commands
-from proxy.cli_common import settings_from_args
+from proxy.cli_common import settings_and_sources
 from proxy.jobs_cli import add_jobs_commands
 from proxy.keys_cli import add_keys_commands
 
@@ -20,11 +20,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from proxy.app import create_app
 
-    settings = settings_from_args(args, {"server.host": args.host, "server.port": args.port})
+    settings, sources = settings_and_sources(
+        args, {"server.host": args.host, "server.port": args.port}
+    )
     logging.basicConfig(
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("memproxy.config").info("%s", sources.describe())
     # httpx logs every request URL at INFO (litellm's calls included): too chatty.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # One BLAS thread: a per-user search is one small matrix-vector product, and BLAS

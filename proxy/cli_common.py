@@ -7,18 +7,25 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings, SettingsSources, load_settings_and_sources
+
+
+def settings_and_sources(
+    args: argparse.Namespace, overrides: Mapping[str, Any] | None = None
+) -> tuple[Settings, SettingsSources]:
+    """The settings for this command and where they came from; a bad config is a message
+    and exit status 2."""
+    try:
+        return load_settings_and_sources(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"memproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 def settings_from_args(
     args: argparse.Namespace, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
-    """The settings for this command; a bad config is a message and exit status 2."""
-    try:
-        return load_settings(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"memproxy: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    return settings_and_sources(args, overrides)[0]
 
 
 def add_subcommand(

@@ -1,5 +1,9 @@
 """Settings: defaults < config.yaml < ``MEMPROXY_*`` environment < CLI flags.
 
+The config file is ``--config PATH``, else ``$MEMPROXY_CONFIG`` (empty: none), else
+``./config.yaml`` when the working directory has one. ``load_settings_and_sources`` also says
+which file and which environment variables were applied (``memproxy serve`` logs it).
+
 This is the only module that reads the environment. Nested settings are addressed as
 ``MEMPROXY_<SECTION>__<KEY>`` (e.g. ``MEMPROXY_RETRIEVAL__TOP_K=5``); the documented
 short names (``MEMPROXY_UPSTREAM_URL`` …) are aliases for their nested keys.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 ENV_PREFIX = "MEMPROXY_"
+DEFAULT_CONFIG_FILE = Path("config.yaml")  # read when present in the working directory
 
 # Short environment names from the public contract → dotted setting paths.
 ENV_ALIASES: dict[str, str] = {
@@ -114,7 +120,11 @@ class ExtractionSettings(_Section):
     max_facts: int = 10
     duplicate_threshold: float = 0.92
     timeout: float = 120.0
-    related_memories: int = Field(default=10, ge=0)  # existing memories shown to the model
+    # guarded: the model's candidate facts and relations, checked (proxy/guards.py);
+    # add_only: new facts are only ever added (no update / supersede), for the weakest models.
+    decisions: Literal["guarded", "add_only"] = "guarded"
+    min_grounding: float = Field(default=0.5, ge=0, le=1)  # share of a fact the user said
+    related_memories: int = Field(default=10, ge=0)  # nearest memories a new fact is checked with
     llm_attempts: int = Field(default=3, ge=1)  # json_schema, then json_object + repair
     retry_backoff_seconds: float = Field(default=0.5, ge=0)  # doubled after each attempt
 
@@ -160,6 +170,23 @@ class ModelRoute(_Section):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SettingsSources:
+    """Where the settings came from (variable names only: values may be secrets)."""
+
+    config_file: Path | None = None
+    config_reason: str = ""  # --config | MEMPROXY_CONFIG | working directory
+    environment: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # dotted settings given on the command line
+
+    def describe(self) -> str:
+        where = (f"config file {self.config_file} ({self.config_reason})"
+                 if self.config_file else "no config file (built-in defaults)")
+        env = ", ".join(self.environment) or "none"
+        text = f"settings: {where}; environment overrides: {env}"
+        return text + (f"; flags: {', '.join(self.flags)}" if self.flags else "")
+
+
 class Settings(_Section):
     data_dir: Path = Path("./data")
     admin_key: SecretStr | None = None
@@ -202,11 +229,16 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _env_names(environ: Mapping[str, str]) -> list[str]:
+    return sorted(
+        name for name in environ if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG"
+    )
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
+    for name in _env_names(environ):
+        raw = environ[name]
         key = name[len(ENV_PREFIX) :]
         dotted = ENV_ALIASES.get(key) or key.lower().replace("__", ".")
         # YAML parsing gives numbers, booleans and lists their types ("5", "[a, b]").
@@ -240,8 +272,24 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Build the settings once. ``overrides`` uses dotted keys (``{"server.port": 9000}``)."""
+    return load_settings_and_sources(config_path, environ, overrides)[0]
+
+
+def load_settings_and_sources(
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Settings, SettingsSources]:
     env = os.environ if environ is None else environ
-    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    path: str | Path | None
+    if config_path:
+        path, reason = config_path, "--config"
+    elif ENV_PREFIX + "CONFIG" in env:
+        path, reason = env[ENV_PREFIX + "CONFIG"] or None, ENV_PREFIX + "CONFIG"
+    elif DEFAULT_CONFIG_FILE.is_file():
+        path, reason = DEFAULT_CONFIG_FILE, "found in the working directory"
+    else:
+        path, reason = None, ""
     tree: dict[str, Any] = {}
     if path:
         try:
@@ -258,6 +306,11 @@ def load_settings(
         if value is not None:
             _set_path(tree, dotted, value)
     try:
-        return Settings.model_validate(tree)
+        settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
+    sources = SettingsSources(
+        Path(path) if path else None, reason, tuple(_env_names(env)),
+        tuple(k for k, v in (overrides or {}).items() if v is not None),
+    )
+    return settings, sources

@@ -86,6 +86,10 @@ def test_serve_then_chat_then_list_memories(tmp_path: Path, upstream: FakeUpstre
     # uvicorn re-raises SIGTERM after a graceful shutdown, hence -15 and not 0.
     assert server.returncode in (0, -15)
     assert "Application shutdown complete" in log_path.read_text()
+    # Which file and which environment variables made the settings, names only.
+    assert ("settings: no config file (built-in defaults); environment overrides: "
+            "MEMPROXY_DATA_DIR, MEMPROXY_EXTRACTION_MODE, MEMPROXY_PORT, MEMPROXY_UPSTREAM_URL"
+            ) in log_path.read_text()
     # The caller's key is never written to the data dir or the log.
     assert "sk-cli-test-key" not in log_path.read_text()
     for path in (tmp_path / "data").rglob("*"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_settings
+from proxy.config import ConfigError, load_settings, load_settings_and_sources
 
 
 def test_defaults_match_the_documented_contract() -> None:
@@ -67,3 +67,31 @@ def test_unreadable_or_malformed_config_file(tmp_path: Path) -> None:
     bad.write_text("server: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad, environ={})
+
+
+def test_config_yaml_in_the_working_directory_is_read_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings, sources = load_settings_and_sources(None, environ={})
+    assert sources.config_file is None
+    assert sources.describe() == (
+        "settings: no config file (built-in defaults); environment overrides: none"
+    )
+    (tmp_path / "config.yaml").write_text("retrieval:\n  top_k: 3\n")
+    settings, sources = load_settings_and_sources(
+        None, environ={"MEMPROXY_ADMIN_KEY": "adm-secret", "MEMPROXY_PORT": "9"},
+        overrides={"server.host": "0.0.0.0", "server.port": None},
+    )
+    assert settings.retrieval.top_k == 3 and settings.server.port == 9
+    assert sources.describe() == (
+        "settings: config file config.yaml (found in the working directory); environment "
+        "overrides: MEMPROXY_ADMIN_KEY, MEMPROXY_PORT; flags: server.host"
+    )
+    assert "adm-secret" not in sources.describe()
+    # An explicit file wins; MEMPROXY_CONFIG set to nothing means no file at all.
+    other = tmp_path / "other.yaml"
+    other.write_text("retrieval:\n  top_k: 5\n")
+    assert load_settings(None, environ={"MEMPROXY_CONFIG": str(other)}).retrieval.top_k == 5
+    assert load_settings(other, environ={}).retrieval.top_k == 5
+    assert load_settings(None, environ={"MEMPROXY_CONFIG": ""}).retrieval.top_k == 8
