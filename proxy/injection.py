@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from proxy.markup import neutralise_markup
 from proxy.store import ScoredMemory
 
 BLOCK_OPEN = "<memories>"
@@ -25,8 +26,8 @@ def _date(ts: float) -> str:
 def render_memory_block(memories: Sequence[ScoredMemory]) -> str:
     lines = [PREAMBLE, BLOCK_OPEN]
     for scored in memories:
-        # Keep the delimiter unforgeable: a remembered text cannot close the block early.
-        text = scored.memory.text.replace(BLOCK_CLOSE, "</ memories>").replace("\n", " ")
+        # One line each, no tag-like text: a memory cannot close the block or fake a line.
+        text = neutralise_markup(scored.memory.text)
         lines.append(f"- [{_date(scored.memory.created_at)}] {text}")
     lines.append(BLOCK_CLOSE)
     return "\n".join(lines)
