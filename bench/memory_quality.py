@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _results import REPO_ROOT, RESULTS_DIR, fmt, machine, markdown_table, write_results
+from _results import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    fmt,
+    machine,
+    markdown_table,
+    percentiles,
+    write_results,
+)
 
 SCRIPTS = Path(__file__).resolve().parent / "data" / "memory_quality.json"
 CACHE_DIR = RESULTS_DIR / ".cache"
@@ -543,7 +551,7 @@ def details(run: UserRun, verdict: Verdict) -> list[str]:
 
 
 def extraction_counters(samples: dict[str, float]) -> list[list[str]]:
-    return [[name, fmt(value, 0 if value == int(value) else 4)]
+    return [[name, fmt(value, 0 if value.is_integer() else 4)]
             for name, value in sorted(samples.items())
             if name.startswith("memproxy_extraction_") or "rejected" in name
             or name.startswith(("memproxy_job_events_total", "memproxy_jobs{"))]
@@ -602,7 +610,12 @@ def main() -> None:
                          [[name, "met" if ok else "NOT met"] for name, ok in checks.items()]))
     print("\n## Extraction and job counters (/metrics at the end)\n")
     print(markdown_table(["metric", "value"], extraction_counters(final_metrics)))
-    print(f"\nTotal run {total:.0f}s. Proxy log: "
+    exchanges = [e for run in runs for e in run.exchanges]
+    chat = percentiles([e.chat_ms / 1000 for e in exchanges])
+    wait = percentiles([e.wait_s for e in exchanges])
+    print(f"\nPer exchange: chat p50 {fmt(chat['p50'], 2)} s (p95 {fmt(chat['p95'], 2)}), "
+          f"extraction wait p50 {fmt(wait['p50'])} s (p95 {fmt(wait['p95'])}).")
+    print(f"Total run {total:.0f}s. Proxy log: "
           f"{(RESULTS_DIR / 'memory_quality-proxy.log').relative_to(REPO_ROOT)}")
     if args.verbose:
         print("\n## Per user\n")
