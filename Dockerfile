@@ -20,16 +20,21 @@ RUN pip install --no-cache-dir ".[onnx]"
 # Non-root user; /data is created and chowned before VOLUME so a fresh named
 # volume inherits the ownership.
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin memproxy \
-    && mkdir -p /data \
-    && chown memproxy:memproxy /data
+    && mkdir -p /data /opt/memproxy/models \
+    && chown memproxy:memproxy /data /opt/memproxy/models
 
 ENV MEMPROXY_DATA_DIR=/data \
     HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1 \
-    MEMPROXY_CONFIG=/app/config.yaml
+    MEMPROXY_CONFIG=/app/config.yaml \
+    MEMPROXY_EMBEDDING__MODELS_DIR=/opt/memproxy/models
+
+# The embedding model's ONNX export, made now (outside the volume, so a bind-mounted data
+# dir has it too): a container starts in seconds instead of exporting at first start.
+USER memproxy
+RUN memproxy export-model
 
 VOLUME /data
-USER memproxy
 EXPOSE 8000
 
 # slim has no curl: probe with the standard library (urlopen raises on non-2xx).

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 from proxy.admin_cli import add_admin_commands
-from proxy.cli_common import settings_and_sources
+from proxy.cli_common import settings_and_sources, settings_from_args
 from proxy.jobs_cli import add_jobs_commands
 from proxy.keys_cli import add_keys_commands
 
@@ -51,6 +52,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    """Export the embedding model to ONNX now (a Docker build, an install) instead of at the
+    first start."""
+    settings = settings_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from proxy.embedding import SentenceTransformerEmbedder, onnx_export_dir
+
+    if settings.embedding.backend != "onnx":
+        print("embedding.backend is torch: there is nothing to export")
+        return 0
+    target = onnx_export_dir(settings.embedding, settings.data_dir)
+    SentenceTransformerEmbedder(settings.embedding, settings.data_dir)
+    if not (target / "onnx" / "model.onnx").exists():
+        print(f"memproxy: the ONNX export into {target} failed (see above)", file=sys.stderr)
+        return 1
+    print(f"embedding model ready (ONNX) in {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memproxy", description=__doc__)
     parser.add_argument("--config", help="path to config.yaml (default: $MEMPROXY_CONFIG)")
@@ -61,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.set_defaults(func=_serve)
+
+    export = commands.add_parser(
+        "export-model", help="export the embedding model to ONNX now (else: at first start)"
+    )
+    export.add_argument("--config", default=argparse.SUPPRESS, help="path to config.yaml")
+    export.set_defaults(func=_export_model)
 
     add_admin_commands(commands)
     add_keys_commands(commands)

