@@ -1,6 +1,7 @@
 # memproxy: OpenAI-compatible chat proxy with per-user memory.
 # CPU-only image. Build: docker build -t memproxy .
-# Run:   docker run -p 8000:8000 -v memproxy-data:/data memproxy
+# Run:   docker run -p 8000:8000 -v memproxy-data:/data -e MEMPROXY_ADMIN_KEY=... memproxy
+# (without an admin key the memory API answers loopback clients only: nobody outside).
 FROM python:3.11-slim
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -37,8 +38,11 @@ RUN memproxy export-model
 VOLUME /data
 EXPOSE 8000
 
-# slim has no curl: probe with the standard library (urlopen raises on non-2xx).
+# Healthy = ready: /readyz answers 503 while the memory store, the job database or the
+# workers are down (chats are still forwarded, without memory). Orchestrators with separate
+# probes: liveness /healthz, readiness /readyz. slim has no curl: probe with the standard
+# library (urlopen raises on non-2xx).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 
 CMD ["memproxy", "serve", "--host", "0.0.0.0", "--port", "8000"]

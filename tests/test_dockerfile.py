@@ -237,7 +237,7 @@ def test_volume_and_expose(instructions):
     assert cmd[cmd.index("--port") + 1] in exposes, "CMD --port is not EXPOSEd"
 
 
-def test_healthcheck_hits_healthz(instructions):
+def test_healthcheck_hits_readyz(instructions):
     stage = final_stage(instructions)
     checks = find(stage, "HEALTHCHECK")
     assert checks, "no HEALTHCHECK instruction"
@@ -248,7 +248,8 @@ def test_healthcheck_hits_healthz(instructions):
     urls = re.findall(r"https?://[^\s'\"\])]+", args)
     assert len(urls) == 1, f"expected one URL in HEALTHCHECK, got {urls}"
     parsed = urlparse(urls[0])
-    assert parsed.path == "/healthz", f"HEALTHCHECK hits {parsed.path!r}, not /healthz"
+    # Healthy means ready: the memory layer answers (chats are forwarded either way).
+    assert parsed.path == "/readyz", f"HEALTHCHECK hits {parsed.path!r}, not /readyz"
     exposes = [p.split("/")[0] for _, a in find(stage, "EXPOSE") for p in a.split()]
     assert str(parsed.port) in exposes, "HEALTHCHECK port is not the EXPOSEd port"
 
