@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -57,6 +58,11 @@ class Client:
 
     def body(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "tenant": self.tenant} if self.tenant is not None else payload
+
+
+def segment(value: str) -> str:
+    """An id as one path segment (``team/alice`` → ``team%2Falice``)."""
+    return quote(value, safe="")
 
 
 def _when(ts: float | None) -> str:
@@ -161,20 +167,20 @@ def _edit(args: argparse.Namespace, client: Client) -> int:
         body["metadata"] = _json_arg(args.metadata, "metadata")
     if not body:
         raise CommandFailed("give --text and/or --metadata")
-    memory = client.request("PATCH", f"/v1/memories/{args.id}", json=body).json()
+    memory = client.request("PATCH", f"/v1/memories/{segment(args.id)}", json=body).json()
     print(json.dumps(memory, indent=2, ensure_ascii=False) if args.json else
           f"updated {memory['id']}: {memory['memory']}")
     return 0
 
 
 def _delete(args: argparse.Namespace, client: Client) -> int:
-    result = client.request("DELETE", f"/v1/memories/{args.id}").json()
+    result = client.request("DELETE", f"/v1/memories/{segment(args.id)}").json()
     print(json.dumps(result) if args.json else f"deleted {args.id}")
     return 0
 
 
 def _history(args: argparse.Namespace, client: Client) -> int:
-    data = client.request("GET", f"/v1/memories/{args.id}/history").json()["data"]
+    data = client.request("GET", f"/v1/memories/{segment(args.id)}/history").json()["data"]
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -197,7 +203,7 @@ def _export(args: argparse.Namespace, client: Client) -> int:
     out: IO[str] = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         with httpx.stream(
-            "GET", f"{client.url}/v1/users/{args.user}/export", headers=client.headers,
+            "GET", f"{client.url}/v1/users/{segment(args.user)}/export", headers=client.headers,
             params={"tenant": client.tenant} if client.tenant else None, timeout=300,
         ) as response:
             if response.status_code >= 400:
@@ -260,7 +266,7 @@ def _forget(args: argparse.Namespace, client: Client) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    result = client.request("DELETE", f"/v1/users/{args.user}").json()
+    result = client.request("DELETE", f"/v1/users/{segment(args.user)}").json()
     if args.json:
         print(json.dumps(result))
     else:

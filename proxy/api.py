@@ -9,7 +9,8 @@ proxy/transfer.py, the OpenAPI document in proxy/openapi.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,6 @@ from proxy.embedding import Embedder
 from proxy.errors import (
     InvalidJSON,
     InvalidRequest,
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     UpstreamError,
@@ -92,6 +92,23 @@ def optional_id(source: Mapping[str, Any], name: str, max_length: int) -> str | 
     if not isinstance(value, str):
         raise InvalidRequest(f"'{name}' must be a string", param=name)
     return check_id(value, name, max_length, header=False)
+
+
+# Path words after /v1/memories/ that are routes, not memory ids.
+RESERVED_MEMORY_IDS = frozenset({"import", "search", ".", ".."})
+
+
+def memory_id_problem(value: str, max_length: int = 256) -> str | None:
+    """Why ``value`` cannot be a memory id (no route could reach it), or None."""
+    if not value or value != value.strip():
+        return "must not be empty or start or end with whitespace"
+    if len(value) > max_length:
+        return f"is longer than {max_length} characters"
+    if "/" in value or value in RESERVED_MEMORY_IDS:
+        return "must not contain '/' nor be one of " + ", ".join(sorted(RESERVED_MEMORY_IDS))
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in value):
+        return "must not contain control characters"
+    return None
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -362,19 +379,3 @@ class MemoriesAPI:
         return JSONResponse({
             "object": "user.deleted", "tenant": tenant, "user_id": user_id, "deleted": counts,
         })
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def dispatch(handlers: Mapping[str, Handler]) -> Handler:
-    """One path, several methods; any other method is a 405 in OpenAI's error shape."""
-
-    async def endpoint(request: Request) -> Response:
-        handler = handlers.get(request.method)
-        if handler is None:
-            allowed = ", ".join(sorted(handlers))
-            raise MethodNotAllowed(f"{request.method} is not allowed here (allowed: {allowed})")
-        return await handler(request)
-
-    return endpoint

@@ -22,6 +22,7 @@ Foreign exceptions (httpx, chromadb, litellm) are translated where they enter ou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -88,6 +89,13 @@ class MethodNotAllowed(ProxyError):
     status_code = 405
     error_type = "invalid_request_error"
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: Sequence[str]):
+        super().__init__(message)
+        self.allow = list(allow)
+
+    def to_response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return super().to_response({"Allow": ", ".join(self.allow), **(headers or {})})
 
 
 class Conflict(ProxyError):

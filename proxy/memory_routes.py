@@ -1,7 +1,12 @@
 """The memory API's routes and its OpenAPI document (``/openapi.json``).
 
-Each path answers every method itself (405 in OpenAI's error shape for the wrong one), so a
-wrong method on a memory path is never passed through to the upstream as ``/v1/*`` would be.
+Nothing under ``/v1/memories`` or ``/v1/users`` is ever passed through to the upstream as
+other ``/v1/*`` paths are (the request would carry the memory API's credentials there): a
+path no route takes is a 404, a wrong method a 405 with ``Allow``, both in OpenAI's shape.
+A user id may hold ``/`` (``team/alice``), percent-encoded or not: the user routes take the
+rest of the path as the id, so ``DELETE /v1/users/team/alice`` forgets ``team/alice`` and
+``GET /v1/users/team/alice/export`` exports them. Memory ids never hold ``/`` (ours are hex;
+an import refuses others, see proxy/api.memory_id_problem).
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
-from proxy.api import MemoriesAPI, dispatch
-from proxy.errors import MemoryUnavailable
+from proxy.api import RESERVED_MEMORY_IDS, MemoriesAPI
+from proxy.errors import MemoryUnavailable, MethodNotAllowed, NotFound
 from proxy.openapi import openapi_document
 from proxy.transfer import export_user, import_memories
 from proxy.user_jobs import user_jobs
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Everything under these belongs to the memory API (and so never leaves the proxy).
+PREFIXES = ("/v1/memories", "/v1/users")
 
 Operation = Callable[[MemoriesAPI, Request], Awaitable[Response]]
 
@@ -56,14 +63,50 @@ PATHS: dict[str, dict[str, Operation]] = {
 }
 
 
+def _route_path(path: str) -> str:
+    """The documented path as a Starlette route: a user id is the rest of the path."""
+    return path.replace("{user_id}", "{user_id:path}")
+
+
+class _ApiRoute(Route):
+    """A route whose ``{memory_id}`` is never one of the words routes use (``import`` …)."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        match, child = super().matches(scope)
+        if child.get("path_params", {}).get("memory_id") in RESERVED_MEMORY_IDS:
+            return Match.NONE, {}
+        return match, child
+
+
+def _not_routed(routes: list[_ApiRoute]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        allowed = sorted({
+            method for route in routes
+            if route.matches(request.scope)[0] is Match.PARTIAL for method in route.methods or ()
+        })
+        if allowed:
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path} "
+                f"(allowed: {', '.join(allowed)})", allow=allowed,
+            )
+        raise NotFound(f"no memory API route for {request.method} {request.url.path}")
+
+    return endpoint
+
+
 def memory_routes() -> list[Route]:
     document: dict[str, Any] = openapi_document()
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
-    routes = [Route("/openapi.json", openapi, methods=["GET"])]
-    for path, operations in PATHS.items():
-        endpoint = dispatch({method: _on_api(op) for method, op in operations.items()})
-        routes.append(Route(path, endpoint, methods=ALL_METHODS))
-    return routes
+    api_routes = [
+        _ApiRoute(_route_path(path), _on_api(operation), methods=[method])
+        for path, operations in PATHS.items() for method, operation in operations.items()
+    ]
+    # Last: whatever the routes above did not take fully (wrong method, unknown path).
+    fallbacks = [
+        Route(prefix + "{rest:path}", _not_routed(api_routes), methods=ALL_METHODS)
+        for prefix in PREFIXES
+    ]
+    return [Route("/openapi.json", openapi, methods=["GET"]), *api_routes, *fallbacks]

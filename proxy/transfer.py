@@ -20,7 +20,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.api import MemoriesAPI, optional_id, read_raw
+from proxy.api import MemoriesAPI, memory_id_problem, optional_id, read_raw
 from proxy.errors import Conflict, InvalidJSON, InvalidRequest
 from proxy.history import EVENTS, HistoryEvent
 from proxy.listing import parse_time
@@ -108,6 +108,18 @@ class _Record:
             self.fail(f"'{name}' must be a non-empty string")
         return str(value)
 
+    def memory_id(self, required: bool = False) -> str | None:
+        """The record's ``id``, one a route can reach afterwards."""
+        value = self.data.get("id")
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            self.fail("'id' must be a string")
+        problem = memory_id_problem(str(value))
+        if problem is not None:
+            self.fail(f"'id' {problem}")
+        return str(value)
+
     def time(self, name: str, source: Mapping[str, Any] | None = None) -> float | None:
         value = (self.data if source is None else source).get(name)
         if value is None:
@@ -151,10 +163,8 @@ def _memory(record: _Record, owner: tuple[str, str]) -> Memory:
     created_at = record.time("created_at")
     if created_at is not None:
         given["created_at"] = created_at
-    memory_id = record.text("id")
+    memory_id = record.memory_id()
     if memory_id is not None:
-        if len(memory_id) > 256:
-            record.fail("'id' is longer than 256 characters")
         given["id"] = memory_id
     return Memory(
         owner[1], str(text), tenant=owner[0],
@@ -191,7 +201,7 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
             memories.append(memory)
             memory_id = memory.id
         elif kind == "memory.history":
-            memory_id = str(record.text("id", required=True))
+            memory_id = str(record.memory_id(required=True))
         else:
             record.fail(f"unknown object {kind!r} (memory or memory.history)")
         if owner_of_id.setdefault(memory_id, owner) != owner:
