@@ -18,6 +18,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy import strict_json
 from proxy.auth import Authenticator, Scope
 from proxy.config import Settings
 from proxy.embedding import Embedder
@@ -70,13 +71,7 @@ async def read_raw(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    raw = await read_raw(request, limit)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidJSON("request body is nested too deeply") from exc
+    return strict_json.parse(await read_raw(request, limit))
 
 
 def json_object(value: Any) -> dict[str, Any]:
@@ -199,9 +194,9 @@ class MemoriesAPI:
         tenant, user_id = self.owner(scope, query)
         raw_filters = query.get("filters")
         try:
-            filters_value = json.loads(raw_filters) if raw_filters else None
-        except ValueError as exc:
-            raise InvalidRequest("'filters' must be a JSON object", param="filters") from exc
+            filters_value = strict_json.parse(raw_filters, "'filters'") if raw_filters else None
+        except InvalidJSON as exc:
+            raise InvalidRequest(exc.message, param="filters") from exc
         memories, cursor = await self.run(
             self.s.store.list_page, user_id, tenant=tenant,
             filters=identity_filters(query, self._max_id, filters_value),

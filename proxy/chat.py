@@ -17,9 +17,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy import strict_json
 from proxy.auth import Authenticator
 from proxy.config import Settings
-from proxy.errors import InvalidJSON, InvalidRequest, PayloadTooLarge
+from proxy.errors import InvalidRequest, PayloadTooLarge
 from proxy.identity import Identity, resolve_identity
 from proxy.injection import inject_memory_block, render_memory_block
 from proxy.jobs import ExtractionJob, owner_of
@@ -76,12 +77,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_chat_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:  # "[[[[…" a few thousand deep exhausts the parser's stack
-        raise InvalidJSON("request body is nested too deeply") from exc
+    body = strict_json.parse(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     messages = body.get("messages")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -92,13 +93,18 @@ def _compare(actual: Any, op: str, wanted: Any) -> bool:
 def parse_time(value: Any, param: str) -> float:
     """Epoch seconds from a number or ISO 8601 text (UTC when no offset is given)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        if math.isfinite(value):
+            return float(value)
+    elif isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):
+                return number
+            text = ""  # "NaN", "inf": no time, and no ISO 8601 either
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:

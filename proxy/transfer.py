@@ -20,6 +20,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from proxy import strict_json
 from proxy.api import MemoriesAPI, memory_id_problem, optional_id, read_raw
 from proxy.errors import Conflict, InvalidJSON, InvalidRequest
 from proxy.history import EVENTS, HistoryEvent
@@ -70,19 +71,15 @@ def parse_records(raw: bytes) -> list[tuple[int, Any]]:
     """(line number or array position, record) from JSON lines or one JSON array."""
     text = raw.decode("utf-8", "surrogatepass").lstrip("\ufeff")
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except ValueError as exc:
-            raise InvalidJSON(f"request body is not a valid JSON array: {exc}") from exc
+        items = strict_json.parse(text, "request body (a JSON array)")
+        if not isinstance(items, list):
+            raise InvalidJSON("request body is not a JSON array")
         return list(enumerate(items, start=1))
     records: list[tuple[int, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            records.append((number, json.loads(line)))
-        except ValueError as exc:
-            raise InvalidJSON(f"line {number} is not valid JSON: {exc}") from exc
+        records.append((number, strict_json.parse(line, f"line {number}")))
     return records
 
 
