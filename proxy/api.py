@@ -110,7 +110,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidRequest(f"'{name}' must be an integer from {low} to {high}", param=name)
     return int(raw)
 
@@ -173,7 +173,9 @@ class MemoriesAPI:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
     async def body(self, request: Request) -> dict[str, Any]:
-        return json_object(await read_json(request, self.s.settings.server.max_body_bytes))
+        body = json_object(await read_json(request, self.s.settings.server.max_body_bytes))
+        strict_json.check_unicode(body)
+        return body
 
     async def memory_in_scope(self, request: Request, scope: Scope) -> Memory:
         memory_id = request.path_params["memory_id"]

@@ -50,6 +50,8 @@ def check_id(value: str, what: str, max_length: int, *, header: bool) -> str:
         raise error(f"{what} is longer than {max_length} characters")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
         raise error(f"{what} must not contain control characters")
+    if any(unicodedata.category(ch) == "Cs" for ch in value):
+        raise error(f"{what} must not contain a lone surrogate (such as \\ud800)")
     return value
 
 

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from proxy.errors import InvalidJSON
+from proxy.errors import InvalidJSON, InvalidRequest
 
 
 class NonFiniteNumber(ValueError):
@@ -28,6 +28,19 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise NonFiniteNumber(f"{text} is too large for a JSON number")
     return value
+
+
+def check_unicode(value: Any, what: str = "request body") -> None:
+    """Refuse a lone surrogate (``"\\ud800"`` is valid JSON, not Unicode) anywhere in
+    ``value``: the store cannot hold one."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{what} holds a lone surrogate (such as \\ud800): not valid Unicode"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidJSON(f"{what} is nested too deeply") from exc
 
 
 def parse(raw: bytes | str, what: str = "request body") -> Any:

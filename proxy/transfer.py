@@ -69,7 +69,10 @@ async def export_user(api: MemoriesAPI, request: Request) -> Response:
 
 def parse_records(raw: bytes) -> list[tuple[int, Any]]:
     """(line number or array position, record) from JSON lines or one JSON array."""
-    text = raw.decode("utf-8", "surrogatepass").lstrip("\ufeff")
+    try:
+        text = raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"request body is not UTF-8: {exc}") from exc
     if text.lstrip().startswith("["):
         items = strict_json.parse(text, "request body (a JSON array)")
         if not isinstance(items, list):
@@ -90,6 +93,7 @@ class _Record:
         self.where = where
         if not isinstance(record, dict):
             self.fail("must be a JSON object")
+        strict_json.check_unicode(record, f"record {where}")
         self.data: dict[str, Any] = record
 
     def fail(self, message: str) -> None:
@@ -181,6 +185,7 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
     memories: list[Memory] = []
     history: list[HistoryEvent] = []
     owner_of_id: dict[str, tuple[str, str]] = {}
+    record_of_id: dict[str, int] = {}  # memory records only: one each
     for where, item in parse_records(raw):
         record = _Record(where, item)
         tenant = scope.tenant_for(
@@ -197,6 +202,9 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
             memory = _memory(record, owner)
             memories.append(memory)
             memory_id = memory.id
+            first = record_of_id.setdefault(memory_id, where)
+            if first != where:
+                record.fail(f"id {memory_id!r} appears twice (records {first} and {where})")
         elif kind == "memory.history":
             memory_id = str(record.memory_id(required=True))
         else:
