@@ -1,38 +1,33 @@
-"""The reconciliation call's answer: memory operations, parsed, repaired, mapped back.
+"""The models' answers, parsed and repaired: candidate facts, and one relation word.
 
-The model sees related memories numbered 1..n (LLMs corrupt UUIDs); ``resolve`` maps those
-numbers back to memory ids and drops what cannot be applied: unknown numbers, a second
-operation on the same memory, empty texts, and facts that are secrets (proxy/secrets_filter).
+Near misses are accepted where the meaning is unambiguous (a bare list of facts, facts under
+"operations" as an older prompt asked, a bare relation word); anything else is
+``ExtractionFailed`` and the call is retried. Nothing here decides what is stored: the
+operations built from these answers are checked in proxy/guards.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from proxy.secrets_filter import scrub_fact
-
-OpName = Literal["add", "update", "supersede", "delete", "none"]
-NEEDS_ID = ("update", "supersede", "delete")
-NEEDS_TEXT = ("add", "update", "supersede")
+OpName = Literal["add", "update", "supersede", "delete"]
+Relation = Literal["same", "replaces", "more_detail", "separate"]
 
 
 class ExtractionFailed(Exception):
     pass
 
 
-class Operation(BaseModel):
-    op: OpName
-    id: int | None = None
-    text: str | None = None
+class FactList(BaseModel):
+    facts: list[str]
 
 
-class OperationList(BaseModel):
-    operations: list[Operation]
+class RelationAnswer(BaseModel):
+    relation: Relation
 
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*|\s*```\s*$")
@@ -52,44 +47,45 @@ def repair_json(content: str) -> str:
     return re.sub(r"\b(None|True|False)\b", lambda m: _PY_LITERALS[m.group(1)], text)
 
 
-def _shape(data: Any) -> Any:
-    """Accept near-misses: a bare list of operations, or the older {"facts": [...]}."""
+def _candidates(content: str) -> list[Any]:
+    parsed: list[Any] = []
+    for candidate in (content, repair_json(content)):
+        try:
+            parsed.append(json.loads(candidate))
+        except ValueError:
+            continue
+    return parsed
+
+
+def _fact_shape(data: Any) -> Any:
     if isinstance(data, list):
-        return {"operations": data}
-    if isinstance(data, dict) and "operations" not in data and isinstance(data.get("facts"), list):
-        return {"operations": [{"op": "add", "text": f} for f in data["facts"]]}
+        data = {"facts": data}
+    if isinstance(data, dict) and "facts" not in data and isinstance(data.get("operations"), list):
+        data = {"facts": [op.get("text") for op in data["operations"] if isinstance(op, dict)]}
+    if isinstance(data, dict) and isinstance(data.get("facts"), list):
+        # {"text": …} items, and nulls a model puts for "nothing", are near misses too.
+        facts = [f.get("text") if isinstance(f, dict) else f for f in data["facts"]]
+        return {"facts": [f for f in facts if f is not None]}
     return data
 
 
-def parse_operations(content: str) -> list[Operation]:
-    """Validate the model's JSON as is, then after ``repair_json``; else ExtractionFailed."""
+def parse_facts(content: str) -> list[str]:
     error: Exception | None = None
-    for candidate in (content, repair_json(content)):
+    for data in _candidates(content):
         try:
-            return OperationList.model_validate(_shape(json.loads(candidate))).operations
-        except (ValueError, ValidationError) as exc:
+            return FactList.model_validate(_fact_shape(data)).facts
+        except ValidationError as exc:
             error = exc
-    raise ExtractionFailed(f"no valid operations JSON ({type(error).__name__}): {content[:200]!r}")
+    raise ExtractionFailed(f"no valid facts JSON ({type(error).__name__}): {content[:200]!r}")
 
 
-def resolve(operations: list[Operation], shown: Mapping[int, str]) -> list[dict[str, Any]]:
-    """Operations with real memory ids, ready to save in the job and apply."""
-    out: list[dict[str, Any]] = []
-    touched: set[str] = set()
-    for operation in operations:
-        if operation.op == "none":
-            continue
-        memory_id: str | None = None
-        if operation.op in NEEDS_ID:
-            memory_id = shown.get(operation.id) if operation.id is not None else None
-            if memory_id is None or memory_id in touched:
-                continue
-        text: str | None = None
-        if operation.op in NEEDS_TEXT:
-            text = scrub_fact((operation.text or "").strip())
-            if not text:
-                continue  # empty, or a secret: the memory stays as it was
-        if memory_id is not None:
-            touched.add(memory_id)
-        out.append({"op": operation.op, "id": memory_id, "text": text})
-    return out
+def parse_relation(content: str) -> Relation:
+    error: Exception | None = None
+    for data in _candidates(content) or [content.strip().strip('"').casefold()]:
+        try:
+            if isinstance(data, str):
+                data = {"relation": data}
+            return RelationAnswer.model_validate(data).relation
+        except ValidationError as exc:
+            error = exc
+    raise ExtractionFailed(f"no valid relation JSON ({type(error).__name__}): {content[:200]!r}")

@@ -61,7 +61,9 @@ class Reconciler:
         owner = (job.identity.tenant, job.identity.user_id)
         return memory if memory is not None and memory.owner == owner else None
 
-    def apply(self, job: ExtractionJob, operations: Sequence[dict[str, Any]]) -> list[Memory]:
+    def apply(
+        self, job: ExtractionJob, operations: Sequence[dict[str, Any]], source: str = "llm"
+    ) -> list[Memory]:
         """Blocking. Returns the memories added or changed."""
         texts = [op["text"] for op in operations if op.get("text")]
         vectors = self._embedder.embed(texts) if texts else np.zeros((0, 1), np.float32)
@@ -88,12 +90,12 @@ class Reconciler:
                     )
                     changed += [updated] if updated is not None else []
             elif kind == "supersede" and text and not current.superseded_by:
-                new = new_memory(job, text, "llm")
+                new = new_memory(job, text, source)
                 if self._store.supersede(current.id, new, vector_of[text], actor=actor):
                     changed.append(new)
         if adds:
             rows = np.stack([vector_of[t] for t in adds])
-            changed += self.store_new(job, adds, "llm", rows)
+            changed += self.store_new(job, adds, source, rows)
         return changed
 
     def store_new(

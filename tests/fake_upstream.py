@@ -71,15 +71,29 @@ def _is_structured(body: dict[str, Any]) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") in STRUCTURED_TYPES
 
 
-def _wants_operations(body: dict[str, Any]) -> bool:
-    """A call that asks for {"operations": [...]}: by its schema, or its prompt says so."""
+def _asks_relation(body: dict[str, Any]) -> bool:
+    """memproxy's relation call (OLD fact vs NEW fact → one word), by its schema or prompt."""
     response_format = body.get("response_format") or {}
     schema = json.dumps(response_format.get("json_schema") or {})
     prompt = " ".join(
         message_text(m) for m in body.get("messages") or []
         if isinstance(m, dict) and m.get("role") == "system"
     )
-    return '"operations"' in schema or '"operations"' in prompt
+    return '"relation"' in schema or '"relation"' in prompt
+
+
+def relation_pair(body: dict[str, Any]) -> tuple[str, str]:
+    """The OLD and NEW facts a relation call compares."""
+    prompt = last_user_text(body)
+    old = re.search(r"^OLD: (.*)$", prompt, re.MULTILINE)
+    new = re.search(r"^NEW: (.*)$", prompt, re.MULTILINE)
+    return (old.group(1) if old else "", new.group(1) if new else "")
+
+
+def default_relation(body: dict[str, Any]) -> str:
+    """A cautious judge: the same words are "same", anything else "separate"."""
+    old, new = (re.sub(r"\W+", " ", fact.casefold()).strip() for fact in relation_pair(body))
+    return "same" if old == new else "separate"
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -165,8 +179,11 @@ class FakeUpstream:
         self.structured_replies: list[str] = []
         self.errors: list[tuple[int, dict[str, Any], dict[str, str]]] = []
         self.extract_facts: Callable[[dict[str, Any]], list[str]] = default_extract_facts
-        # Set to answer reconciliation calls with chosen operations (supersede, delete …).
-        self.extract_operations: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+        # memproxy's relation call: OLD vs NEW fact → same | replaces | more_detail | separate.
+        self.judge_relation: Callable[[dict[str, Any]], str] = default_relation
+        # Set to answer every structured call with raw content of its own (a misbehaving
+        # model: tests/hostile_model.py); it wins over the two knobs above.
+        self.structured_reply: Callable[[dict[str, Any]], str] | None = None
         self.stream_chunks = 5
         self.chunk_delay = 0.0
         self.response_delay = 0.0
@@ -289,13 +306,10 @@ class FakeUpstream:
             queued = self._pop(self.structured_replies)
             if queued is not None:
                 content = queued
-            elif self.extract_operations is not None:
-                content = json.dumps({"operations": self.extract_operations(body)})
-            elif _wants_operations(body):
-                # memproxy's reconciliation call: each extracted fact is an "add".
-                content = json.dumps({"operations": [
-                    {"op": "add", "id": None, "text": fact} for fact in self.extract_facts(body)
-                ]})
+            elif self.structured_reply is not None:
+                content = self.structured_reply(body)
+            elif _asks_relation(body):
+                content = json.dumps({"relation": self.judge_relation(body)})
             else:
                 content = json.dumps({"facts": self.extract_facts(body)})
         else:

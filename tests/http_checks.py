@@ -43,7 +43,7 @@ def chat(base_url: str, body: Any, **headers: str) -> httpx.Response:
 
 
 def seed(base_url: str, user_id: str, text: str) -> None:
-    """Store ``text`` for the user (raw extraction keeps the user's message verbatim)."""
+    """Store ``text`` for the user (raw extraction keeps a statement verbatim)."""
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
     response = chat(base_url, body, **{"X-User-Id": user_id})
     assert response.status_code == 200, response.text

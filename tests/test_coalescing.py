@@ -50,7 +50,7 @@ async def test_burst_in_one_session_is_one_llm_call(
     prompt = calls[0].json["messages"][1]["content"]
     assert all(f"user: {t}" in prompt for t in texts)
     assert sorted(m.text for m in store.list_user("u", 10)) == [
-        "User keep bees", "User live in Oslo", "User play chess", "User sail",
+        "User keeps bees", "User lives in Oslo", "User plays chess", "User sails",
     ]
     head = queue.list(["done"], limit=10)[-1]
     assert head.facts == 3
@@ -89,7 +89,8 @@ async def test_a_burst_arriving_while_workers_idle_waits_and_is_one_call(
         await anyio.sleep(0.05)
     await workers.stop(1.0)
     assert len(upstream.extraction_requests()) == 1
-    assert sorted(m.text for m in store.list_user("u", 10)) == ["User keep bees", "User play chess"]
+    assert sorted(m.text for m in store.list_user("u", 10)) == [
+        "User keeps bees", "User plays chess"]
     queue.close()
     store.close()
 

@@ -51,11 +51,13 @@ def test_a_retried_request_and_a_regenerated_answer_add_no_fact_twice(
     assert memories_of(proxy.base_url, "bea") == ["User keeps bees in Oslo"]
     assert len(upstream.extraction_requests()) == 1
 
-    # The conversation going on is a new exchange.
+    # The conversation going on is a new exchange (the unused reply is not what it says).
+    upstream.structured_replies.clear()
     follow_up = [*messages, {"role": "assistant", "content": "Sure."},
                  {"role": "user", "content": "I also grow lavender."}]
     client.chat.completions.create(model="m", messages=follow_up, extra_headers=headers)
     wait_until(lambda: len(memories_of(proxy.base_url, "bea")) == 2)
+    assert "User also grows lavender" in memories_of(proxy.base_url, "bea")
 
 
 def test_metrics_have_a_jobs_section(start_proxy) -> None:

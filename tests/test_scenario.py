@@ -60,7 +60,7 @@ def test_new_conversation_gets_the_fact_and_other_users_do_not(
         # The caller's system prompt is never a source of facts.
         assert "helpful coding assistant" not in str(extraction["messages"])
     else:
-        assert texts == [f"Hi! {FACT}. Any tips?"]
+        assert texts == [f"{FACT}."]  # the statement; not the greeting, not the question
 
     upstream.clear()
     second = client.chat.completions.with_raw_response.create(

@@ -3,29 +3,27 @@ superseded (kept in history), and a new conversation gets the new city injected,
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
 import openai
 import pytest
 from conftest import wait_until
-from fake_upstream import FakeUpstream, default_extract_facts
+from fake_upstream import FakeUpstream, default_extract_facts, last_user_text, relation_pair
 
 from proxy.config import Settings
 
 
-def reconcile(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The fake LLM's judgement: a move supersedes the shown memory about where they live."""
-    prompt = body["messages"][1]["content"]
-    shown = dict(
-        (m.group(2), int(m.group(1)))
-        for m in re.finditer(r"^\[(\d+)\] (.*) \(since [\d-]+\)$", prompt, re.MULTILINE)
-    )
-    if "user: I moved to Paris" in prompt:
-        old = next(n for text, n in shown.items() if "Berlin" in text)
-        return [{"op": "supersede", "id": old, "text": "User lives in Paris"}]
-    return [{"op": "add", "id": None, "text": f} for f in default_extract_facts(body)]
+def facts(body: dict[str, Any]) -> list[str]:
+    if "user: I moved to Paris" in last_user_text(body):
+        return ["User lives in Paris"]
+    return default_extract_facts(body)
+
+
+def judge(body: dict[str, Any]) -> str:
+    """The fake LLM's judgement: a move replaces the old city."""
+    old, new = relation_pair(body)
+    return "replaces" if "Berlin" in old and "Paris" in new else "separate"
 
 
 def chat(client: openai.OpenAI, text: str) -> Any:
@@ -40,7 +38,8 @@ def test_moving_supersedes_the_old_city(
     settings: Settings, upstream: FakeUpstream, start_proxy, real_embedder
 ) -> None:
     settings.extraction.mode = "llm"
-    upstream.extract_operations = reconcile
+    upstream.extract_facts = facts
+    upstream.judge_relation = judge
     proxy = start_proxy(settings, embedder=real_embedder)
     client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="sk-caller")
     api = proxy.base_url + "/v1/memories"
