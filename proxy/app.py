@@ -103,7 +103,10 @@ def create_app(
             # Import litellm now, off the loop, so the first call that needs it is not slow.
             asyncio.get_running_loop().run_in_executor(None, load_litellm)
         if settings.admin_key is None:
-            log.warning("no admin key set: the memory API answers loopback clients only")
+            if settings.auth.mode == "keys" and not settings.auth.loopback_admin:
+                log.warning("no admin key set: the memory API answers proxy keys only")
+            else:
+                log.warning("no admin key set: the memory API answers loopback clients only")
         if extractor is not None:
             metrics.extraction_usage = extractor.usage
         services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)

@@ -10,8 +10,9 @@ Chat requests (``identify``), by ``auth.mode``:
   id))`` (else 401): a gateway that authenticated the user vouches for the id.
 
 Memory API (``memory_scope``): the admin key sees every tenant; with no admin key configured
-loopback clients are the admin. In keys mode a proxy key may call it too, limited to its
-tenant (and its user, when bound).
+loopback clients are the admin — except in keys mode, where that needs
+``auth.loopback_admin: true`` (a reverse proxy on the same host makes every client loopback).
+In keys mode a proxy key may call it too, limited to its tenant (and its user, when bound).
 """
 
 from __future__ import annotations
@@ -161,8 +162,14 @@ class Authenticator:
                 raise AuthenticationFailed("incorrect or revoked proxy key")
             return Scope(key.tenant, key.user_id)
         if admin_key is None:
-            if is_loopback(client_host):
+            keys_mode = self.mode == "keys"
+            if is_loopback(client_host) and (not keys_mode or self._settings.auth.loopback_admin):
                 return ADMIN
+            if keys_mode:
+                raise AuthenticationFailed(
+                    "the memory API needs the admin key (MEMPROXY_ADMIN_KEY) or a proxy key; "
+                    "auth.loopback_admin: true lets loopback clients in without one"
+                )
             raise PermissionDenied(
                 "the memory API answers only loopback clients while no admin key is set"
             )

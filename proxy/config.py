@@ -160,6 +160,9 @@ class AuthSettings(_Section):
     mode: Literal["none", "keys", "signed"] = "none"
     signing_secret: SecretStr | None = None
     signature_header: str = "X-User-Signature"
+    # Keys mode without an admin key: the memory API's admin access is refused, unless this
+    # lets loopback clients in (behind a reverse proxy on the same host, that is everyone).
+    loopback_admin: bool = False
 
 
 class ModelRoute(_Section):

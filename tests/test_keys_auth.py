@@ -23,7 +23,7 @@ UPSTREAM_KEY = "sk-held-by-the-proxy"
 
 
 def memories(proxy: ThreadedServer, user: str, tenant: str) -> list[str]:
-    """As the loopback admin (no admin key configured)."""
+    """As the loopback admin (no admin key configured; keys mode: auth.loopback_admin)."""
     response = httpx.get(proxy.base_url + "/v1/memories",
                          params={"user_id": user, "tenant": tenant})
     assert response.status_code == 200, response.text
@@ -41,6 +41,7 @@ def test_keys_mode_end_to_end(
 ) -> None:
     settings.auth.mode = "keys"
     settings.upstream.api_key = SecretStr(UPSTREAM_KEY)
+    settings.auth.loopback_admin = True  # memories(): the loopback admin, no admin key
     keys = KeyStore(database_path(settings.data_dir))
     _, key_a = keys.create("A", name="app-a")
     _, key_b = keys.create("B")
@@ -155,3 +156,30 @@ def test_identity_with_a_tenant_round_trips_through_a_job_row() -> None:
     assert identity_from_json(json.dumps(asdict(identity))) == identity
     assert identity_from_json(json.dumps({"user_id": "u1"})).tenant == "default"
     assert owner_of(identity) != owner_of(Identity("u1", tenant="B"))
+
+
+@pytest.mark.parametrize("loopback_admin", [False, True])
+def test_keys_mode_memory_api_admin_needs_the_admin_key_unless_loopback_admin_is_on(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer], loopback_admin: bool
+) -> None:
+    settings.auth.mode = "keys"
+    settings.upstream.api_key = SecretStr(UPSTREAM_KEY)
+    settings.auth.loopback_admin = loopback_admin
+    keys = KeyStore(database_path(settings.data_dir))
+    _, key_a = keys.create("A")
+    keys.close()
+    proxy = start_proxy(settings)
+    url = proxy.base_url + "/v1/memories"
+    query = {"user_id": "u1", "tenant": "B"}
+    # Behind a reverse proxy on the same host every client is loopback: no key, or any
+    # bearer that is not a proxy key, must not be the admin.
+    for headers in ({}, {"authorization": "Bearer sk-anything"}):
+        response = httpx.get(url, params=query, headers=headers)
+        if loopback_admin:
+            assert response.status_code == 200, response.text
+        else:
+            assert_openai_error(response, 401, "invalid_api_key")
+            assert "admin key" in response.json()["error"]["message"]
+    # A proxy key keeps its own tenant either way.
+    assert_openai_error(httpx.get(url, params=query,
+                                  headers={"authorization": f"Bearer {key_a}"}), 403)
