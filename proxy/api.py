@@ -8,7 +8,6 @@ proxy/transfer.py, the OpenAPI document in proxy/openapi.py.
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from proxy.identity import Identity, check_id
 from proxy.job_queue import JobQueue
 from proxy.jobs import ExtractionJob
 from proxy.listing import Condition, parse_filters
+from proxy.memory import metadata_size_problem, text_size_problem
 from proxy.retrieval import Retriever, message_text
 from proxy.store import Memory, MemoryStore
 
@@ -123,20 +123,31 @@ def bool_param(value: Any, name: str) -> bool:
     raise InvalidRequest(f"'{name}' must be true or false", param=name)
 
 
-def user_metadata(value: Any) -> dict[str, Any]:
+def user_metadata(value: Any, max_bytes: int) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidRequest("'metadata' must be a JSON object", param="metadata")
-    if len(json.dumps(value, ensure_ascii=False)) > 16_384:
-        raise InvalidRequest("'metadata' is larger than 16 KB", param="metadata")
-    return value
+    return check_metadata_size(value, max_bytes)
 
 
-def memory_text(value: Any, name: str = "text") -> str:
+def check_metadata_size(metadata: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    problem = metadata_size_problem(metadata, max_bytes)
+    if problem is not None:
+        raise InvalidRequest(f"'metadata' {problem} (store.max_metadata_bytes)",
+                             param="metadata")
+    return metadata
+
+
+def memory_text(value: Any, name: str = "text", max_chars: int | None = None) -> str:
+    """A non-empty text; with ``max_chars``, one a memory can hold."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
-    return value.strip()
+    text = value.strip()
+    problem = text_size_problem(text, max_chars) if max_chars is not None else None
+    if problem is not None:
+        raise InvalidRequest(f"'{name}' {problem} (store.max_memory_chars)", param=name)
+    return text
 
 
 def identity_filters(
@@ -155,6 +166,8 @@ class MemoriesAPI:
     def __init__(self, services: MemoryServices):
         self.s = services
         self._max_id = services.settings.identity.max_id_length
+        self._max_chars = services.settings.store.max_memory_chars
+        self._max_metadata = services.settings.store.max_metadata_bytes
 
     def scope(self, request: Request) -> Scope:
         return self.s.auth.memory_scope(
@@ -217,9 +230,12 @@ class MemoriesAPI:
         tenant, user_id = self.owner(scope, body)
         agent_id = optional_id(body, "agent_id", self._max_id)
         session_id = optional_id(body, "session_id", self._max_id)
-        metadata = user_metadata(body.get("metadata"))
+        metadata = user_metadata(body.get("metadata"), self._max_metadata)
         infer = bool_param(body.get("infer", True), "infer")
         user_texts, assistant_text = self._texts(body)
+        if not infer:  # stored as given: each text is a memory
+            for text in user_texts:
+                memory_text(text, "text" if "text" in body else "messages", self._max_chars)
         if not infer:
             memories = [
                 Memory(user_id, text, tenant=tenant, agent_id=agent_id, session_id=session_id,
@@ -306,12 +322,14 @@ class MemoriesAPI:
         if not body:
             raise InvalidRequest("give 'text' and/or 'metadata' to change")
         text_key = "text" if "text" in body else "memory" if "memory" in body else None
-        text = memory_text(body[text_key], text_key) if text_key else None
+        text = memory_text(body[text_key], text_key, self._max_chars) if text_key else None
         metadata = None
         if "metadata" in body:
             # JSON merge patch: given keys are set, null removes a key.
-            merged = {**memory.metadata, **user_metadata(body["metadata"])}
-            metadata = {k: v for k, v in merged.items() if v is not None}
+            merged = {**memory.metadata, **user_metadata(body["metadata"], self._max_metadata)}
+            metadata = check_metadata_size(
+                {k: v for k, v in merged.items() if v is not None}, self._max_metadata
+            )
         vector = None
         if text is not None and text != memory.text:
             vector = (await self.run(self.s.embedder.embed, [text]))[0]

@@ -84,6 +84,10 @@ class StoreSettings(_Section):
     cache_max_mb: int = 512
     cache_max_user_records: int = 100_000
     cache_ttl_seconds: float = 0.0  # 0: entries never expire (single replica)
+    # One limit on every write path (API, import, extraction): a memory is a fact, and every
+    # later exchange may send it to the model again.
+    max_memory_chars: int = 4000
+    max_metadata_bytes: int = 16_384  # the user metadata as JSON (UTF-8)
 
 
 class RetrievalSettings(_Section):

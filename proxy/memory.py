@@ -27,6 +27,21 @@ Owner = tuple[str, str]  # (tenant, user_id): whose memories
 OWNER_SEPARATOR = "\x1f"
 
 
+def text_size_problem(text: str, max_chars: int) -> str | None:
+    """Why ``text`` is too long to be a memory (store.max_memory_chars), or None."""
+    if len(text) > max_chars:
+        return f"is {len(text)} characters long; a memory holds at most {max_chars}"
+    return None
+
+
+def metadata_size_problem(metadata: dict[str, Any], max_bytes: int) -> str | None:
+    """Why ``metadata`` is too large (store.max_metadata_bytes, as UTF-8 JSON), or None."""
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return f"is {size} bytes as JSON; at most {max_bytes} bytes are kept"
+    return None
+
+
 def owner_key(owner: Owner) -> str:
     """The owner as one metadata value: Chroma filters on one key ~3× faster than on two."""
     return f"{owner[0]}{OWNER_SEPARATOR}{owner[1]}"

@@ -12,6 +12,8 @@ Writes go to Chroma first, then into the cached index, so the cache never holds 
 Chroma does not. A load that raced a write to its shard is used once, not cached.
 Every change also writes a row of history (proxy/history.py) in the data dir's SQLite file.
 Superseded memories stay stored and listable; search leaves them out unless asked.
+A memory over ``max_memory_chars`` / ``max_metadata_bytes`` is never written, whoever writes
+it (the API answers 400 before it gets here; extraction's facts are dropped, logged).
 Writes hold one lock from the read that decides them to the write itself, so a change racing
 a delete cannot bring the memory back, and a job's writes after its owner was forgotten are
 dropped (proxy/forget_fence.py).
@@ -39,7 +41,15 @@ from proxy.forget_fence import ForgetLog
 from proxy.history import HistoryEvent, MemoryHistory
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition, matches, page
-from proxy.memory import Candidates, Memory, MemoryStore, Owner, ScoredMemory
+from proxy.memory import (
+    Candidates,
+    Memory,
+    MemoryStore,
+    Owner,
+    ScoredMemory,
+    metadata_size_problem,
+    text_size_problem,
+)
 from proxy.owner_cache import OwnerCache, UserIndex
 from proxy.owner_search import (
     collection_candidates,
@@ -93,6 +103,14 @@ class ChromaStore:
         self._cache = OwnerCache(settings, self._shards)
         self._writes = threading.RLock()
         self._forgets = ForgetLog()
+
+    def _too_large(self, memory: Memory) -> bool:
+        problem = text_size_problem(memory.text, self._settings.max_memory_chars)
+        if problem is None:
+            problem = metadata_size_problem(memory.metadata, self._settings.max_metadata_bytes)
+        if problem is not None:
+            log.warning("dropped a memory that is too large: it %s", problem)
+        return problem is not None
 
     def _refused(self, owner: Owner) -> bool:
         """Under ``_writes``: a write for an owner forgotten since the work behind it began."""
@@ -165,7 +183,10 @@ class ChromaStore:
     # -- writes ------------------------------------------------------------------
     def add(self, memories: Sequence[Memory], vectors: np.ndarray, *, actor: str = "api") -> None:
         with self._writes:
-            rows = [i for i, m in enumerate(memories) if not self._refused(m.owner)]
+            rows = [
+                i for i, m in enumerate(memories)
+                if not self._refused(m.owner) and not self._too_large(m)
+            ]
             if not rows:
                 return
             memories = [memories[i] for i in rows]
@@ -251,6 +272,8 @@ class ChromaStore:
                 metadata=current.metadata if metadata is None else dict(metadata),
                 updated_at=time.time(),
             )
+            if self._too_large(changed):
+                return None
             self._rewrite(changed, vector if text is not None and text != current.text else None)
             self.history.record([HistoryEvent(
                 memory_id, current.tenant, current.user_id, "UPDATE", current.text,
@@ -265,6 +288,8 @@ class ChromaStore:
         with self._writes:
             old = self.get(old_id)
             if old is None or old.owner != new.owner or self._refused(old.owner):
+                return None
+            if self._too_large(new):
                 return None
             if self.get(new.id) is None:  # a replay after a crash between the two writes
                 self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
@@ -323,6 +348,9 @@ class ChromaStore:
         An id already stored for the same owner is overwritten (importing twice is harmless).
         """
         with self._writes:
+            rows = [i for i, m in enumerate(memories) if not self._too_large(m)]
+            memories = [memories[i] for i in rows]
+            vectors = np.asarray(vectors, dtype=np.float32)[rows]
             had_history = {event.memory_id for event in history}
             had_history |= set(self.history.owners([m.id for m in memories]))
             if memories:

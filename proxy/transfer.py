@@ -22,9 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import strict_json
 from proxy.api import MemoriesAPI, memory_id_problem, optional_id, read_raw
+from proxy.config import StoreSettings
 from proxy.errors import Conflict, InvalidJSON, InvalidRequest
 from proxy.history import EVENTS, HistoryEvent
 from proxy.listing import parse_time
+from proxy.memory import metadata_size_problem, text_size_problem
 from proxy.store import Memory, MemoryStore
 
 EMBED_BATCH = 256
@@ -89,8 +91,9 @@ def parse_records(raw: bytes) -> list[tuple[int, Any]]:
 class _Record:
     """One import record, validated; errors name its line."""
 
-    def __init__(self, where: int, record: Any):
+    def __init__(self, where: int, record: Any, limits: StoreSettings):
         self.where = where
+        self.limits = limits
         if not isinstance(record, dict):
             self.fail("must be a JSON object")
         strict_json.check_unicode(record, f"record {where}")
@@ -157,9 +160,15 @@ def _memory(record: _Record, owner: tuple[str, str]) -> Memory:
     text = record.text("memory") or record.text("text")
     if text is None:
         record.fail("'memory' (the text) is required")
+    problem = text_size_problem(str(text), record.limits.max_memory_chars)
+    if problem is not None:
+        record.fail(f"'memory' {problem} (store.max_memory_chars)")
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
         record.fail("'metadata' must be an object")
+    problem = metadata_size_problem(metadata, record.limits.max_metadata_bytes)
+    if problem is not None:
+        record.fail(f"'metadata' {problem} (store.max_metadata_bytes)")
     given: dict[str, Any] = {}
     created_at = record.time("created_at")
     if created_at is not None:
@@ -187,7 +196,7 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
     owner_of_id: dict[str, tuple[str, str]] = {}
     record_of_id: dict[str, int] = {}  # memory records only: one each
     for where, item in parse_records(raw):
-        record = _Record(where, item)
+        record = _Record(where, item, api.s.settings.store)
         tenant = scope.tenant_for(
             optional_id(query, "tenant", max_id) or optional_id(record.data, "tenant", max_id)
         )
