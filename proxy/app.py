@@ -109,6 +109,7 @@ def create_app(
                 log.warning("no admin key set: the memory API answers loopback clients only")
         if extractor is not None:
             metrics.extraction_usage = extractor.usage
+            metrics.extraction_guards = extractor.guard_events
         services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
         services.store = opened_store
         services.auth = auth

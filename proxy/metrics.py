@@ -21,6 +21,7 @@ class Metrics:
         self.retrieval_count = 0
         self.gauges: dict[str, Callable[[], float]] = {}
         self.extraction_usage: Mapping[str, int] | None = None  # Extractor.usage
+        self.extraction_guards: Mapping[str, int] | None = None  # Extractor.guard_events
 
     def observe_retrieval(self, seconds: float) -> None:
         self.retrieval_seconds_sum += seconds
@@ -46,6 +47,8 @@ class Metrics:
         ]
         if self.extraction_usage is not None:
             lines += render_extraction_usage(self.extraction_usage)
+        if self.extraction_guards is not None:
+            lines += render_guard_events(self.extraction_guards)
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name} {read()}"]
         return "\n".join(lines) + "\n"
@@ -99,4 +102,23 @@ def render_extraction_usage(usage: Mapping[str, int]) -> list[str]:
         "# TYPE memproxy_extraction_llm_tokens_per_exchange gauge",
         f"memproxy_extraction_llm_tokens_per_exchange {tokens / exchanges if exchanges else 0:.1f}",
     ]
+    return lines
+
+
+GUARD_EVENTS = (
+    "no_statement", "rejected_not_grounded", "rejected_duplicate", "rejected_empty_or_secret",
+    "rejected_forgotten", "rewritten", "same_to_add_says_more", "supersede_to_add_additive",
+    "update_to_add_would_lose", "relation_unusable", "forget_partial", "forget_unresolved",
+)
+
+
+def render_guard_events(events: Mapping[str, int]) -> list[str]:
+    """What the extraction guards refused or changed (proxy/guards.py), by event."""
+    lines = [
+        "# HELP memproxy_extraction_guard_total Model proposals the guards refused or changed, "
+        "and turns that needed no model (no_statement).",
+        "# TYPE memproxy_extraction_guard_total counter",
+    ]
+    for event in sorted(set(GUARD_EVENTS) | set(events)):
+        lines.append(f'memproxy_extraction_guard_total{{event="{event}"}} {events.get(event, 0)}')
     return lines

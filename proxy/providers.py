@@ -7,6 +7,7 @@ Its exceptions are translated here.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -38,6 +39,10 @@ def load_litellm() -> Any:
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
+    # litellm logs two INFO lines per call ("LiteLLM completion() model=…"): one per
+    # extraction call in our logs. Its warnings and errors still show.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return litellm
 
 
