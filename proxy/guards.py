@@ -157,6 +157,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b))
 
 
+# Words that attach to any topic ("a cat named Miso", "my name is Alex"): sharing one does not
+# make two facts about the same thing.
+_NOT_A_TOPIC = frozenset(
+    """name call have get go make know think say thing also realli actual just lot way time
+    day now new current today one""".split()
+)
+
+
 def same_topic(old: str, new: str, similarity: float) -> bool:
     """Whether two facts are about the same thing (so one may replace or extend the other).
 
@@ -166,7 +174,7 @@ def same_topic(old: str, new: str, similarity: float) -> bool:
     """
     if similarity >= 0.5:
         return True
-    return similarity >= 0.3 and bool((terms(old) & terms(new)) - {"user"})
+    return similarity >= 0.3 and bool((terms(old) & terms(new)) - _NOT_A_TOPIC)
 
 
 _NEGATION = re.compile(r"\b(?:not|no|never|none|nobody|nothing|anymore|longer|stopped|quit"
@@ -205,7 +213,8 @@ def forget_matches(memory_text: str, target_terms: set[str]) -> bool:
     them (or all of them when every term is generic: "forget where I work")."""
     if not target_terms:
         return False
-    found = target_terms & terms(memory_text)
+    held = terms(memory_text)
+    found = {t for t in target_terms if _said(t, held)}
     specific = target_terms - _GENERIC
     if not specific:
         return found == target_terms
@@ -215,13 +224,17 @@ def forget_matches(memory_text: str, target_terms: set[str]) -> bool:
 def without_target(memory_text: str, target_terms: set[str]) -> str | None:
     """The memory with the clauses naming the target removed, or None when nothing that says
     something else is left (then the whole memory goes)."""
+    def names_target(text: str) -> bool:
+        held = terms(text)
+        return any(_said(t, held) for t in target_terms - _GENERIC or target_terms)
+
     parts = _CLAUSE_SPLIT.split(memory_text)
     head, pieces = parts[0], parts[1:]
-    if target_terms & terms(head) - _GENERIC or not terms(head) - _GENERIC:
+    if names_target(head) or not terms(head) - _GENERIC:
         return None
     kept = head
     for joiner, clause in zip(pieces[::2], pieces[1::2], strict=False):
-        if not (target_terms & terms(clause)):
+        if not names_target(clause):
             kept += joiner + clause
     kept = kept.strip(" ,;")
     return kept if kept != memory_text.strip() and len(kept.split()) >= 3 else None

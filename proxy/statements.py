@@ -33,6 +33,7 @@ _AUXILIARIES = frozenset(
     "do does did am is are was were can could would will should shall may might must have has "
     "had don't doesn't didn't isn't aren't wasn't can't couldn't won't wouldn't".split()
 )
+_MODALS = frozenset("should could would can will might must shall may need".split())
 _QUESTION_OPENERS = _AUXILIARIES | frozenset(
     "what where when who whom whose why how which whats where's what's who's how's".split()
 )
@@ -41,6 +42,9 @@ _CHITCHAT = frozenset(
     awesome perfect wow good morning afternoon evening night bye goodbye see ya later cheers
     lol haha yes yeah yep no nope sure alright right fine got it that's that makes sense
     welcome please sounds interesting amazing hmm oh ah indeed true exactly agreed anyway""".split()
+)
+_OPENS_CHITCHAT = frozenset(
+    "hi hello hey thanks thank thx ty ok okay cool great nice bye goodbye cheers good".split()
 )
 _IMPERATIVES = frozenset(
     """write tell give show explain help make create list summarize summarise translate fix
@@ -85,6 +89,15 @@ _TARGET_LEAD = re.compile(
 )
 
 
+# A discourse label in front of a statement ("Big news: …", "Career update: …"): no fact of
+# its own, and models turn it into one ("User has a career update").
+_LABEL = re.compile(
+    r"^(?:(?:big|good|bad|quick|small|exciting|sad|some|career|life|work|job|personal|little)"
+    r"\s+)?(?:news|update|reminder|note|fyi|heads[- ]up|ps|p\.s\.|btw)\s*[:!,\-\u2013\u2014]+\s*",
+    re.I,
+)
+
+
 @dataclass(frozen=True)
 class Sentence:
     text: str
@@ -106,7 +119,9 @@ def _declares_about_self(words: list[str]) -> bool:
     for i, word in enumerate(words):
         if word in ("i", "i'm", "i've", "i'd", "we", "we're", "we've"):
             before = words[i - 1] if i else ""
-            if before not in _AUXILIARIES:
+            after = words[i + 1] if i + 1 < len(words) else ""
+            # "anything I should avoid?" asks; "where I live" tells.
+            if before not in _AUXILIARIES and after not in _MODALS:
                 return True
         if word in ("my", "our") and i + 2 < len(words) and words[i + 2] in ("is", "are", "was"):
             # "my name is Anna" — but not "what is my name" (inverted: the verb came first)
@@ -116,7 +131,7 @@ def _declares_about_self(words: list[str]) -> bool:
 
 
 def classify(sentence: str) -> Sentence:
-    text = sentence.strip()
+    text = _LABEL.sub("", sentence.strip()) or sentence.strip()
     if _PLANTED.search(text):
         return Sentence(text, "request")
     forget = _FORGET.match(text.replace("\u2019", "'"))
@@ -127,7 +142,9 @@ def classify(sentence: str) -> Sentence:
     words = _words(text)
     if not words:
         return Sentence(text, "chitchat")
-    if all(w in _CHITCHAT for w in words) or (len(words) <= 3 and words[0] in _CHITCHAT):
+    if all(w in _CHITCHAT for w in words) or (
+        words[0] in _OPENS_CHITCHAT and not (_FIRST_PERSON & set(words))
+    ):  # "Thanks for the help earlier", "Thanks, that's all for now"
         return Sentence(text, "chitchat")
     if text.rstrip().endswith("?") or words[0] in _QUESTION_OPENERS:
         if not _declares_about_self(words[1:]):

@@ -11,7 +11,14 @@ from hostile_model import HostileModel
 
 from proxy.config import Settings
 from proxy.extraction import Extractor
-from proxy.guards import forget_matches, forget_terms, grounding, normalise_fact, without_target
+from proxy.guards import (
+    forget_matches,
+    forget_terms,
+    grounding,
+    normalise_fact,
+    same_topic,
+    without_target,
+)
 from proxy.identity import Identity
 from proxy.jobs import ExtractionJob
 from proxy.operations import ExtractionFailed
@@ -46,6 +53,12 @@ pytestmark = pytest.mark.anyio
 ])
 def test_sentences_are_sorted_by_what_they_say(sentence: str, kind: str) -> None:
     assert classify(sentence).kind == kind
+
+
+def test_a_discourse_label_is_no_part_of_the_statement() -> None:
+    assert classify("Big news: I just moved to Paris.").text == "I just moved to Paris."
+    assert classify("Career update: I left teaching.").text == "I left teaching."
+    assert classify("Stack: Next.js and Postgres").text == "Stack: Next.js and Postgres"
 
 
 def test_forget_targets_and_statements_of_a_turn() -> None:
@@ -98,6 +111,16 @@ def test_forget_removes_only_the_clause_that_names_the_target() -> None:
     assert not forget_matches("User lives in Berlin", postgres)
     assert forget_matches("User works at Acme", forget_terms("where I work"))
     assert not forget_matches("User lives in Berlin", forget_terms("that"))
+    # The model wrote "PostgreSQL" where the user said "Postgres".
+    assert forget_matches("User is using a PostgreSQL backend", postgres)
+    assert without_target("User is using a PostgreSQL backend", postgres) is None
+
+
+def test_a_name_shared_is_no_shared_topic() -> None:
+    # Measured with the real model: "a cat named Miso" was judged to replace the user's name.
+    assert not same_topic("User's name is Alex Moreau", "User has a cat named Miso", 0.35)
+    assert same_topic("User works at Acme as a nurse", "User now works at Globex", 0.38)
+    assert same_topic("User lives in Berlin", "User moved to Paris last week", 0.53)
 
 
 # -- the extractor against a hostile model ------------------------------------------------
