@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "MEMPROXY_"
 DEFAULT_CONFIG_FILE = Path("config.yaml")  # read when present in the working directory
@@ -46,18 +54,32 @@ class _Section(BaseModel):
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 20 * 1024 * 1024
-    log_level: str = "info"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
 
 class UpstreamSettings(_Section):
     url: str = "https://api.openai.com/v1"
     api_key: SecretStr | None = None
-    connect_timeout: float = 10.0
-    read_timeout: float = 600.0
-    max_connections: int = 512
-    max_keepalive_connections: int = 128
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    max_keepalive_connections: int = Field(default=128, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, sep, rest = value.strip().partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme.lower() not in ("http", "https") or not host or " " in value:
+            raise ValueError("must be an http:// or https:// URL such as https://api.openai.com/v1")
+        return value.strip()
 
 
 class IdentitySettings(_Section):
@@ -66,7 +88,7 @@ class IdentitySettings(_Section):
     session_header: str = "X-Session-Id"
     mode_header: str = "X-Memory-Mode"
     default_mode: Literal["on", "off", "read", "write"] = "on"
-    max_id_length: int = 256
+    max_id_length: int = Field(default=256, ge=1)
 
 
 class EmbeddingSettings(_Section):
@@ -74,32 +96,32 @@ class EmbeddingSettings(_Section):
     backend: Literal["onnx", "torch"] = "onnx"
     models_dir: str = ""  # empty: data_dir/models (where the ONNX export is kept)
     device: str = "cpu"
-    query_cache_size: int = 2048
+    query_cache_size: int = Field(default=2048, ge=0)
 
 
 class StoreSettings(_Section):
     chroma_host: str = ""  # empty: embedded PersistentClient under data_dir
-    chroma_port: int = 8000
-    shards: int = 64
-    cache_max_mb: int = 512
-    cache_max_user_records: int = 100_000
-    cache_ttl_seconds: float = 0.0  # 0: entries never expire (single replica)
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    shards: int = Field(default=64, ge=1)
+    cache_max_mb: int = Field(default=512, ge=0)
+    cache_max_user_records: int = Field(default=100_000, ge=0)
+    cache_ttl_seconds: float = Field(default=0.0, ge=0)  # 0: entries never expire (one replica)
     # One limit on every write path (API, import, extraction): a memory is a fact, and every
     # later exchange may send it to the model again.
-    max_memory_chars: int = 4000
-    max_metadata_bytes: int = 16_384  # the user metadata as JSON (UTF-8)
+    max_memory_chars: int = Field(default=4000, ge=1)
+    max_metadata_bytes: int = Field(default=16_384, ge=2)  # the user metadata as UTF-8 JSON
 
 
 class RetrievalSettings(_Section):
     """Hybrid ranking (proxy/ranking.py): dense + BM25 fused, recency on ties, then MMR."""
 
-    top_k: int = 8
+    top_k: int = Field(default=8, ge=1)
     # Users with more memories: a memory needs a query term or at least this cosine.
-    min_score: float = 0.05
-    max_tokens: int = 400
-    timeout_ms: int = 250
-    core_when_at_most: int = 12
-    short_query_chars: int = 24
+    min_score: float = Field(default=0.05, ge=-1, le=1)
+    max_tokens: int = Field(default=400, ge=1)
+    timeout_ms: int = Field(default=250, ge=1)
+    core_when_at_most: int = Field(default=12, ge=0)
+    short_query_chars: int = Field(default=24, ge=0)
     fusion: Literal["weighted", "rrf"] = "weighted"
     dense_weight: float = Field(default=0.5, ge=0)
     keyword_weight: float = Field(default=0.5, ge=0)
@@ -122,9 +144,9 @@ class ExtractionSettings(_Section):
     model: str = ""  # empty: the request's own model through the same upstream
     api_key: SecretStr | None = None
     api_base: str = ""
-    max_facts: int = 10
-    duplicate_threshold: float = 0.92
-    timeout: float = 120.0
+    max_facts: int = Field(default=10, ge=1)
+    duplicate_threshold: float = Field(default=0.92, ge=-1, le=1)  # cosine
+    timeout: float = Field(default=120.0, gt=0)
     # guarded: the model's candidate facts and relations, checked (proxy/guards.py);
     # add_only: new facts are only ever added (no update / supersede), for the weakest models.
     decisions: Literal["guarded", "add_only"] = "guarded"
@@ -139,14 +161,18 @@ class JobSettings(_Section):
 
     workers: int = Field(default=4, ge=1)  # jobs of different users run concurrently
     max_attempts: int = Field(default=8, ge=1)  # then dead-lettered, the last error kept
-    retry_base_seconds: float = 5.0  # backoff: base * 2^(attempt-1), capped
-    retry_max_seconds: float = 600.0
+    retry_base_seconds: float = Field(default=5.0, ge=0)  # backoff: base * 2^(attempt-1), capped
+    retry_max_seconds: float = Field(default=600.0, ge=0)
     lease_seconds: float = Field(default=60.0, gt=0)  # renewed while a job runs
     poll_seconds: float = Field(default=1.0, gt=0)  # idle workers look for due retries
-    dedupe_window_seconds: float = 86_400.0  # the same exchange again within it: no new job
-    keep_done_seconds: float = 604_800.0  # finished jobs kept (for `memproxy jobs list`)
-    key_wait_seconds: float = 604_800.0  # a job waiting for its caller's key, then dead
-    shutdown_grace_seconds: float = 10.0  # in-flight jobs may finish; the rest stay claimable
+    # The same exchange again within it: no new job.
+    dedupe_window_seconds: float = Field(default=86_400.0, ge=0)
+    # Finished jobs kept (for `memproxy jobs list`).
+    keep_done_seconds: float = Field(default=604_800.0, ge=0)
+    # A job waiting for its caller's key, then dead.
+    key_wait_seconds: float = Field(default=604_800.0, ge=0)
+    # In-flight jobs may finish; the rest stay claimable.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # Queued exchanges of one user and session created this close together (a burst that
     # piled up behind a running job or a backlog) are reconciled in one LLM call. 0: off.
     coalesce_seconds: float = Field(default=5.0, ge=0)
@@ -223,6 +249,19 @@ class Settings(_Section):
     @property
     def upstream_base(self) -> str:
         return self.upstream.url.rstrip("/")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, joined: ``server.port = 99999: Input should be …``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if where:
+            problems.append(f"{where} = {error.get('input')!r}: {message}")
+        else:
+            problems.append(message)
+    return "; ".join(problems)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -316,7 +355,7 @@ def load_settings_and_sources(
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        raise ConfigError(f"invalid settings: {describe_errors(exc)}") from None
     sources = SettingsSources(
         Path(path) if path else None, reason, tuple(_env_names(env)),
         tuple(k for k, v in (overrides or {}).items() if v is not None),

@@ -95,3 +95,29 @@ def test_config_yaml_in_the_working_directory_is_read_by_default(
     assert load_settings(None, environ={"MEMPROXY_CONFIG": str(other)}).retrieval.top_k == 5
     assert load_settings(other, environ={}).retrieval.top_k == 5
     assert load_settings(None, environ={"MEMPROXY_CONFIG": ""}).retrieval.top_k == 8
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "named"),
+    [
+        ("server.port", 99999, "server.port"),
+        ("server.port", 0, "server.port"),
+        ("retrieval.top_k", -3, "retrieval.top_k"),
+        ("retrieval.min_score", 7, "retrieval.min_score"),
+        ("store.shards", 0, "store.shards"),
+        ("upstream.url", "not a url", "upstream.url"),
+        ("upstream.url", "ftp://host/v1", "upstream.url"),
+        ("upstream.connect_timeout", 0, "upstream.connect_timeout"),
+        ("server.max_body_bytes", -1, "server.max_body_bytes"),
+        ("store.max_memory_chars", 0, "store.max_memory_chars"),
+        ("extraction.duplicate_threshold", 3, "extraction.duplicate_threshold"),
+        ("server.log_level", "loud", "server.log_level"),
+    ],
+)
+def test_out_of_range_settings_are_refused_with_a_message_naming_them(
+    dotted: str, value: object, named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={}, overrides={dotted: value})
+    message = str(caught.value)
+    assert named in message and repr(value) in message and "\n" not in message, message
