@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.listener import CannotListen, bind_listener
 
     settings, sources = settings_and_sources(
         args, {"server.host": args.host, "server.port": args.port}
@@ -37,7 +38,12 @@ def _serve(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-    uvicorn.run(
+    try:  # before the app opens anything: a busy port is a message now, not in 40 s
+        listener = bind_listener(settings.server.host, settings.server.port)
+    except CannotListen as exc:
+        print(f"memproxy: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
@@ -49,6 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         date_header=False,
     )
+    with listener:
+        uvicorn.Server(config).run(sockets=[listener])
     return 0
 
 
