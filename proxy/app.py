@@ -12,10 +12,12 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from proxy.access_log import AccessLog
 from proxy.api import MemoriesAPI, MemoryServices
 from proxy.auth import open_authenticator
 from proxy.chat import ChatCompletions, ChatServices
@@ -66,6 +68,22 @@ async def _open_jobs(settings: Settings, extractor: Extractor | None) -> Extract
     workers = ExtractionWorkers(queue, extractor, settings.jobs)
     await workers.start()
     return workers
+
+
+def _log_started(
+    settings: Settings, memory_error: str | None, jobs: ExtractionWorkers | None
+) -> None:
+    """'ready' only when everything opened; otherwise say plainly what runs degraded."""
+    missing = []
+    if memory_error is not None:
+        missing.append(f"memory layer ({memory_error}): chats are forwarded without memories")
+    if jobs is None and settings.extraction.mode != "off":
+        missing.append("extraction jobs: exchanges are not remembered")
+    if missing:
+        log.error("memproxy started DEGRADED; upstream %s; unavailable: %s",
+                  settings.upstream_base, "; ".join(missing))
+    else:
+        log.info("memproxy ready; upstream %s", settings.upstream_base)
 
 
 def create_app(
@@ -122,7 +140,7 @@ def create_app(
                 settings, opened_store, opened_embedder, retriever, auth, extractor,
                 jobs.queue if jobs is not None else None,
             ))
-        log.info("memproxy ready; upstream %s", settings.upstream_base)
+        _log_started(settings, memory_error, jobs)
         try:
             yield
         finally:
@@ -195,6 +213,7 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(AccessLog)] if settings.server.access_log else [],
         exception_handlers={
             ProxyError: proxy_error, HTTPException: http_error,
             MemoryUnavailable: memory_unavailable, Exception: unexpected,

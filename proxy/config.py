@@ -57,6 +57,9 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # One line per request on the memproxy.access logger: method, path (no query), status,
+    # memory status, injected count, latency.
+    access_log: bool = False
 
     @field_validator("log_level", mode="before")
     @classmethod

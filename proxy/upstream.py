@@ -7,12 +7,15 @@ any other transport failure → UpstreamError (502).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 
 import httpx
 
 from proxy.config import Settings
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+
+log = logging.getLogger("memproxy.upstream")
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus those the transport recomputes.
 HOP_BY_HOP = frozenset(
@@ -125,6 +128,10 @@ class HttpUpstream:
         try:
             return await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            # The URL without its query (a provider may take a key there), never a header.
+            detail = str(exc).replace(self._api_key, "***") if self._api_key else str(exc)
+            log.warning("upstream %s %s failed: %s: %s", method, url, type(exc).__name__,
+                        detail or "(no detail)")
             raise translate_transport_error(exc) from exc
 
     async def aclose(self) -> None:
@@ -144,6 +151,9 @@ async def iter_raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
         async for chunk in response.aiter_raw():
             yield chunk
     except httpx.HTTPError as exc:
+        url = response.request.url.copy_with(query=None)
+        log.warning("upstream %s %s failed mid-body: %s", response.request.method, url,
+                    type(exc).__name__)
         raise translate_transport_error(exc) from exc
     finally:
         await response.aclose()
