@@ -304,35 +304,38 @@ def add_admin_commands(commands: Any) -> None:
 
     listing = sub.add_parser("list", help="list a user's memories, newest first")
     _common(listing, user=True)
-    listing.add_argument("--agent")
-    listing.add_argument("--session")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--agent", help="only memories made through this agent (X-Agent-Id)")
+    listing.add_argument("--session", help="only memories of this session (X-Session-Id)")
+    listing.add_argument("--limit", type=int, default=100,
+                         help="memories per page, at most 1000 (default 100)")
     listing.add_argument("--all", action="store_true", help="follow every page")
-    listing.add_argument("--include-superseded", action="store_true")
+    listing.add_argument("--include-superseded", action="store_true",
+                         help="also memories an updated fact replaced (kept for history)")
     listing.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"topic": "work"}\'')
     listing.set_defaults(func=_run(_list))
 
     search = sub.add_parser("search", help="search a user's memories")
     _common(search, user=True)
-    search.add_argument("query")
-    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("query", help="what to look for, as a user would ask")
+    search.add_argument("--limit", type=int, default=10,
+                        help="how many memories, 1 to 100 (default 10)")
     search.add_argument("--filter", help="metadata filter as JSON")
     search.set_defaults(func=_run(_search))
 
     add = sub.add_parser("add", help="remember a text (as given, or extracted with --infer)")
     _common(add, user=True)
-    add.add_argument("text")
+    add.add_argument("text", help="the text to remember")
     add.add_argument("--infer", action="store_true", help="extract facts with the LLM")
     add.add_argument("--model", help="model for --infer")
-    add.add_argument("--agent")
-    add.add_argument("--session")
+    add.add_argument("--agent", help="the agent the memory belongs to (like X-Agent-Id)")
+    add.add_argument("--session", help="the session the memory belongs to (like X-Session-Id)")
     add.add_argument("--metadata", help="JSON object")
     add.set_defaults(func=_run(_add))
 
     edit = sub.add_parser("edit", help="change a memory's text and/or metadata")
     _common(edit)
-    edit.add_argument("id")
-    edit.add_argument("--text")
+    edit.add_argument("id", help="memory id, e.g. from memories list")
+    edit.add_argument("--text", help="the new text (re-embedded)")
     edit.add_argument("--metadata", help="JSON object, merged; null removes a key")
     edit.set_defaults(func=_run(_edit))
 
@@ -340,7 +343,7 @@ def add_admin_commands(commands: Any) -> None:
                              ("history", _history, "a memory's history")):
         command = sub.add_parser(name, help=text)
         _common(command)
-        command.add_argument("id")
+        command.add_argument("id", help="memory id, e.g. from memories list")
         command.set_defaults(func=_run(func))
 
     users = commands.add_parser("users", help="export, import or forget a user")

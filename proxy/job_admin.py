@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from proxy.config import JobSettings
@@ -88,13 +88,19 @@ class JobAdmin:
         return stats
 
     def list(
-        self, states: Iterable[str] = (), user_id: str | None = None, limit: int = 50
+        self, states: Sequence[str] = (), user_id: str | None = None, limit: int = 50
     ) -> list[JobRow]:
+        """Newest first. ``failed`` selects queued jobs waiting to retry after an error."""
         where, params = ["1 = 1"], []
-        wanted = list(states)
+        wanted = [s for s in states if s != "failed"]
+        either = []
         if wanted:
-            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
+            either.append(f"state IN ({', '.join('?' for _ in wanted)})")
             params += wanted
+        if "failed" in states:
+            either.append("(state = 'queued' AND last_error IS NOT NULL)")
+        if either:
+            where.append(f"({' OR '.join(either)})")
         if user_id is not None:
             where.append("json_extract(identity, '$.user_id') = ?")
             params.append(user_id)

@@ -13,19 +13,17 @@ import sys
 import time
 from typing import Any
 
-from proxy.cli_common import add_subcommand, settings_from_args
-from proxy.db import database_path
+from proxy.cli_common import add_subcommand, local_database, settings_from_args
 from proxy.job_queue import JobQueue
 from proxy.jobs import STATES
 
+# failed: queued again after an error, backing off (as in /metrics' memproxy_jobs).
+LISTED_STATES = (*STATES, "failed")
+
 
 def _queue(args: argparse.Namespace) -> JobQueue | None:
-    settings = settings_from_args(args)
-    path = database_path(settings.data_dir)
-    if not path.exists():
-        print(f"no jobs: {path} does not exist yet", file=sys.stderr)
-        return None
-    return JobQueue(path, settings.jobs)
+    path = local_database(args)
+    return JobQueue(path, settings_from_args(args).jobs) if path is not None else None
 
 
 def _when(ts: float | None) -> str:
@@ -78,8 +76,9 @@ def add_jobs_commands(commands: Any) -> None:
         return add_subcommand(sub, name, help_text, func)
 
     listing = command("list", "list jobs, newest first", _list)
-    listing.add_argument("--state", action="append", choices=STATES,
-                         help="only jobs in this state (repeatable)")
+    listing.add_argument("--state", action="append", choices=LISTED_STATES,
+                         help="only jobs in this state (repeatable); failed: queued again "
+                         "after an error")
     listing.add_argument("--user", help="only this user's jobs")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true", help="print JSON")

@@ -12,15 +12,14 @@ import sys
 import time
 from typing import Any
 
-from proxy.cli_common import add_subcommand, settings_from_args
-from proxy.db import database_path
+from proxy.cli_common import add_subcommand, local_database
 from proxy.identity import check_id
 from proxy.keys import KeyStore
 
 
-def _keys(args: argparse.Namespace) -> KeyStore:
-    settings = settings_from_args(args)
-    return KeyStore(database_path(settings.data_dir))
+def _keys(args: argparse.Namespace, *, create: bool = False) -> KeyStore | None:
+    path = local_database(args, create=create)
+    return KeyStore(path) if path is not None else None
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -30,7 +29,8 @@ def _create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"memproxy: {exc}", file=sys.stderr)
         return 2
-    keys = _keys(args)
+    keys = _keys(args, create=True)
+    assert keys is not None
     key, token = keys.create(tenant, user, args.name)
     keys.close()
     if args.json:
@@ -48,6 +48,8 @@ def _when(ts: float | None) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     keys = _keys(args)
+    if keys is None:
+        return 1
     found = keys.list(args.tenant, include_revoked=args.all)
     keys.close()
     if args.json:
@@ -71,6 +73,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     keys = _keys(args)
+    if keys is None:
+        return 1
     revoked = keys.revoke(args.id)
     keys.close()
     if not revoked:

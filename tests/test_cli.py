@@ -16,7 +16,9 @@ import pytest
 from conftest import wait_until
 from fake_upstream import FakeUpstream
 
-from proxy.cli import build_parser
+from proxy import __version__
+from proxy.cli import SERVE_FLAGS, build_parser, main
+from proxy.config import load_settings
 
 
 def free_port() -> int:
@@ -37,6 +39,52 @@ def test_parser_maps_serve_flags() -> None:
     assert (args.host, args.port, args.config) == ("0.0.0.0", 9, "c")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["memories", "list"])  # --user is required
+
+
+def test_every_serve_flag_overrides_its_setting() -> None:
+    argv = ["serve", "--data-dir", "/srv/mem", "--upstream-url", "http://llm:8080/v1",
+            "--extraction-mode", "raw", "--extraction-model", "small", "--auth-mode", "signed",
+            "--workers", "2", "--log-level", "warning"]
+    args = build_parser().parse_args(argv)
+    overrides = {flag.setting: getattr(args, flag.dest) for flag in SERVE_FLAGS}
+    settings = load_settings(None, environ={"MEMPROXY_AUTH__SIGNING_SECRET": "s",
+                                            "MEMPROXY_JOBS__WORKERS": "9"}, overrides=overrides)
+    assert (settings.data_dir, settings.upstream.url, settings.extraction.mode,
+            settings.extraction.model, settings.auth.mode, settings.jobs.workers,
+            settings.server.log_level) == (Path("/srv/mem"), "http://llm:8080/v1", "raw",
+                                           "small", "signed", 2, "warning")
+    assert {flag.setting for flag in SERVE_FLAGS} >= {"server.host", "server.port", "data_dir"}
+
+
+def test_help_version_and_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"memproxy {__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve_help = capsys.readouterr().out
+    assert "--upstream-url" in serve_help and "MEMPROXY_<SECTION>__<KEY>" in serve_help
+    assert "MEMPROXY_ADMIN_KEY" in serve_help  # how to set what has no flag
+    with pytest.raises(SystemExit):
+        main(["memories", "list", "--help"])
+    listing = capsys.readouterr().out
+    for flag in ("--agent", "--session", "--limit", "--include-superseded"):
+        (line,) = [ln for ln in listing.splitlines() if ln.strip().startswith(flag)]
+        assert len(line.split()) > 2 or flag == "--include-superseded", line  # has a text
+    assert "replaced" in listing
+
+
+def test_keys_list_outside_a_data_dir_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["keys", "list"], ["keys", "revoke", "key_1"]):
+        assert main(argv) == 1
+        assert "no data dir found: data/memproxy.sqlite does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+    assert main(["keys", "create", "--tenant", "acme", "--data-dir", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--data-dir", str(tmp_path / "d")]) == 0
+    assert "acme" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

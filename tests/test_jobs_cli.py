@@ -40,7 +40,22 @@ def queue(tmp_path: Path) -> JobQueue:
 
 def test_without_a_database_there_are_no_jobs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "list")
-    assert code == 0 and out == "no jobs\n" and "does not exist yet" in err
+    assert code == 0 and out == "no jobs\n" and "no data dir found" in err
+    assert not Path("data").exists()  # looking never creates one
+
+
+def test_list_failed_selects_jobs_backing_off_after_an_error(
+    queue: JobQueue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (cyd,) = queue.list(user_id="cyd")
+    claimed = queue.claim("w")
+    assert claimed is not None and claimed.id == cyd.id
+    assert queue.fail(cyd.id, "w", 1, "APIConnectionError: down") == "queued"
+    _, out, _ = run(capsys, "list", "--state", "failed", "--json")
+    assert [(r["user_id"], r["last_error"]) for r in json.loads(out)] == [
+        ("cyd", "APIConnectionError: down")]
+    _, out, _ = run(capsys, "list", "--state", "failed", "--state", "dead", "--json")
+    assert [r["user_id"] for r in json.loads(out)] == ["cyd", "bob"]
 
 
 def test_list_shows_state_attempts_facts_and_the_last_error(
