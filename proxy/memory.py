@@ -127,7 +127,6 @@ class Memory:
             "id": self.id,
             "object": "memory",
             "memory": self.text,
-            "owner": owner_key(self.owner),  # the one key reads filter on
             "tenant": self.tenant,
             "user_id": self.user_id,
             "agent_id": self.agent_id,
@@ -144,7 +143,8 @@ class Memory:
 @dataclass
 class ScoredMemory:
     memory: Memory
-    score: float
+    score: float  # the ranking's fused score: 0–1, relative to the user's other candidates
+    similarity: float | None = None  # cosine of memory and query: absolute, comparable
 
 
 @dataclass

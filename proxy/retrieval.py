@@ -93,7 +93,8 @@ class Retriever:
 
         The chat path uses the defaults (and its ``model`` for counting tokens); the search
         API passes its ``limit`` and ``filters`` and skips the token budget, ranking the
-        same way. Scores are the fused scores (0–1, relative to the user's other memories).
+        same way. ``score`` is the fused score (0–1, relative to the user's other memories:
+        the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
         """
         settings = self._settings
         top_k = settings.top_k if limit is None else limit
@@ -119,7 +120,7 @@ class Retriever:
             created_at=found.created_at, vectors=found.vectors, eligible=eligible,
         )
         chosen = [
-            ScoredMemory(found.memories[int(i)], float(score))
+            ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
             for i, score in zip(ranked.indices, ranked.scores, strict=True)
         ]
         return self._within_budget(chosen, model) if budget else chosen

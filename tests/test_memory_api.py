@@ -145,7 +145,7 @@ def test_pages_filters_and_search_rank_like_injection(
         "filters": {"pin": True}}).json()["data"]
     assert {hit["id"] for hit in search} <= {m["id"] for m in made[:5]}
     assert len(search) == 3 and all("work" in hit["memory"] for hit in search[:2])
-    assert search[0]["score"] >= search[1]["score"] >= search[2]["score"]
+    assert search[0]["rank_score"] >= search[1]["rank_score"] >= search[2]["rank_score"]
 
     # The injected block lists what search ranks first, in the same order.
     settings: Settings = proxy.app.state.services.settings
@@ -267,3 +267,20 @@ def test_admin_key_guards_the_api_and_openapi_document_is_valid(
     with pytest.raises(PermissionDenied):
         Authenticator(open_settings).memory_scope({}, "10.1.2.3")
     assert Authenticator(open_settings).memory_scope({}, "127.0.0.1").is_admin
+
+
+def test_search_score_is_readable_with_one_match(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer], hashing_embedder: Any
+) -> None:
+    proxy = start_proxy(settings)
+    api = client(proxy)
+    text = "User keeps bees in Oslo"
+    assert api.post("/v1/memories", json={"user_id": "solo", "text": text,
+                                          "infer": False}).status_code == 201
+    query = "where do I keep bees?"
+    (hit,) = api.post("/v1/memories/search", json={"user_id": "solo", "query": query}
+                      ).json()["data"]
+    vectors = hashing_embedder.embed([text, query])
+    # The cosine, not the relative fused score (which is 0 for a lone candidate).
+    assert hit["score"] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
+    assert 0 < hit["score"] < 1 and "rank_score" in hit
