@@ -8,6 +8,7 @@ proxy/transfer.py, the OpenAPI document in proxy/openapi.py.
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from proxy.extraction import ExtractionFailed, Extractor
 from proxy.identity import Identity, check_id
 from proxy.job_queue import JobQueue
 from proxy.jobs import ExtractionJob
-from proxy.listing import Condition, parse_filters
+from proxy.listing import Condition, parse_filters, parse_time
 from proxy.memory import metadata_size_problem, text_size_problem
 from proxy.retrieval import Retriever, message_text
 from proxy.store import Memory, MemoryStore
@@ -231,6 +232,11 @@ class MemoriesAPI:
         agent_id = optional_id(body, "agent_id", self._max_id)
         session_id = optional_id(body, "session_id", self._max_id)
         metadata = user_metadata(body.get("metadata"), self._max_metadata)
+        # A fact's real date (history brought in from elsewhere); default: now.
+        created_at = (
+            parse_time(body["created_at"], "created_at")
+            if body.get("created_at") is not None else time.time()
+        )
         infer = bool_param(body.get("infer", True), "infer")
         user_texts, assistant_text = self._texts(body)
         if not infer:  # stored as given: each text is a memory
@@ -239,7 +245,7 @@ class MemoriesAPI:
         if not infer:
             memories = [
                 Memory(user_id, text, tenant=tenant, agent_id=agent_id, session_id=session_id,
-                       source="api", metadata=dict(metadata))
+                       source="api", metadata=dict(metadata), created_at=created_at)
                 for text in user_texts
             ]
             vectors = await self.run(self.s.embedder.embed, [m.text for m in memories])
@@ -250,7 +256,7 @@ class MemoriesAPI:
         identity = Identity(user_id, agent_id, session_id, tenant=tenant)
         job = ExtractionJob(
             identity=identity, user_texts=user_texts, assistant_text=assistant_text,
-            model=str(body.get("model") or ""),
+            model=str(body.get("model") or ""), created_at=created_at,
         )
         stored = await self._infer(job)
         if metadata:

@@ -181,7 +181,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
-        *memory_routes(),
+        *memory_routes(settings.identity.max_id_length),
         Route("/v1/{path:path}", passthrough, methods=methods),
     ]
 

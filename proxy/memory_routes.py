@@ -94,8 +94,8 @@ def _not_routed(routes: list[_ApiRoute]) -> Callable[[Request], Awaitable[Respon
     return endpoint
 
 
-def memory_routes() -> list[Route]:
-    document: dict[str, Any] = openapi_document()
+def memory_routes(max_id_length: int = 256) -> list[Route]:
+    document: dict[str, Any] = openapi_document(max_id_length)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

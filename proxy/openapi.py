@@ -1,4 +1,11 @@
-"""The memory API described as OpenAPI 3.1 (served at ``/openapi.json``), written by hand."""
+"""The memory API described as OpenAPI 3.1 (served at ``/openapi.json``), written by hand.
+
+It documents every status the server answers (a wrong method on a memory path is a 405 with
+``Allow``, a body over server.max_body_bytes a 413 …) and the constraints it enforces (id
+lengths, exactly one of ``text``/``messages``, a non-empty PATCH), so a client generated
+from it, or a fuzzer run against it, meets no surprise. The chat endpoint and the health and
+metrics endpoints are listed too, briefly: their bodies are OpenAI's and Prometheus's.
+"""
 
 from __future__ import annotations
 
@@ -21,131 +28,187 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None,
             "schema": schema or {"type": "string"}}
 
 
-def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}
 
 
-ERRORS = {
-    code: {"$ref": f"#/components/responses/{name}"}
-    for code, name in (("400", "BadRequest"), ("401", "Unauthorized"), ("403", "Forbidden"),
-                       ("404", "NotFound"), ("503", "Unavailable"))
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: {"$ref": f"#/components/responses/{ERROR_RESPONSES[code][0]}"}
+            for code in codes}
+
+
+# status → (component name, description)
+ERROR_RESPONSES = {
+    "400": ("BadRequest", "Invalid request (the message says what is wrong)"),
+    "401": ("Unauthorized", "Missing or wrong key"),
+    "403": ("Forbidden", "Outside the caller's tenant or user"),
+    "404": ("NotFound", "No such memory, user history or route"),
+    "405": ("MethodNotAllowed", "Wrong method for this path (see the Allow header)"),
+    "409": ("Conflict", "An id already belongs to another user"),
+    "413": ("TooLarge", "Request body over server.max_body_bytes"),
+    "500": ("ServerError", "Internal error in memproxy"),
+    "502": ("UpstreamFailed", "The extraction model's provider failed or is unreachable"),
+    "503": ("Unavailable", "The memory store is unavailable"),
+    "504": ("UpstreamTimeout", "The extraction model's provider timed out"),
 }
-
-TENANT = _query("tenant", "Tenant (admin key only; a proxy key implies its own). "
-                "Default: default.")
-USER = _query("user_id", "The user whose memories these are.")
+ERRORS = _errors("400", "401", "403", "404", "405", "500", "503")
+BODY_ERRORS = _errors("413")
+MEMORY_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^/]+$"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIMESTAMP = {"type": "number", "description": "Unix time in seconds"}
 
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["message", "type"],
-                                 "properties": {
-                                     "message": {"type": "string"}, "type": {"type": "string"},
-                                     "param": NULLABLE_STRING, "code": NULLABLE_STRING}}},
-    },
-    "Memory": {
-        "type": "object",
-        "required": ["id", "object", "memory", "tenant", "user_id", "created_at", "updated_at"],
-        "properties": {
-            "id": {"type": "string"}, "object": {"const": "memory"},
-            "memory": {"type": "string", "description": "The remembered fact"},
-            "tenant": {"type": "string"}, "user_id": {"type": "string"},
-            "agent_id": NULLABLE_STRING, "session_id": NULLABLE_STRING,
-            "source": {"type": "string", "description": "llm, raw, api or import"},
-            "metadata": {"type": "object", "additionalProperties": True},
-            "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
-            "superseded_by": {**NULLABLE_STRING, "description": "Id of the memory that "
-                              "replaced this one; superseded memories are not retrieved"},
-            "valid_to": {"type": ["number", "null"]},
+def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
+    """The schemas; ``ident`` is the schema of a user, tenant, agent or session id."""
+    return {
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["message", "type"],
+                                     "properties": {
+                                         "message": {"type": "string"}, "type": {"type": "string"},
+                                         "param": NULLABLE_STRING, "code": NULLABLE_STRING}}},
         },
-    },
-    "ScoredMemory": {"allOf": [_ref("Memory"), {
-        "type": "object", "required": ["score", "rank_score"],
-        "properties": {
-            "score": {"type": "number", "description": "Cosine similarity of the memory and "
-                      "the query (all-MiniLM-L6-v2: ~0.1 already relates, >0.5 is close): "
-                      "absolute, comparable across searches"},
-            "rank_score": {"type": "number", "description": "The hybrid (dense + keyword) "
-                           "score the results are ordered by: 0–1, relative to this user's "
-                           "other candidates for this query"},
-        }}]},
-    "MemoryList": {
-        "type": "object", "required": ["object", "data"],
-        "properties": {"object": {"const": "list"}, "data": {"type": "array",
-                                                             "items": _ref("Memory")},
-                       "has_more": {"type": "boolean"}, "next_cursor": NULLABLE_STRING},
-    },
-    "HistoryEvent": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "integer"}, "memory_id": {"type": "string"},
-            "tenant": {"type": "string"}, "user_id": {"type": "string"},
-            "event": {"enum": ["ADD", "UPDATE", "SUPERSEDE", "DELETE"]},
-            "old_text": NULLABLE_STRING, "new_text": NULLABLE_STRING,
-            "created_at": TIMESTAMP,
-            "actor": {"type": "string", "description": "api, import or job:<id>"},
+        "Memory": {
+            "type": "object",
+            "required": ["id", "object", "memory", "tenant", "user_id", "created_at", "updated_at"],
+            "properties": {
+                "id": {"type": "string"}, "object": {"const": "memory"},
+                "memory": {"type": "string", "description": "The remembered fact"},
+                "tenant": {"type": "string"}, "user_id": {"type": "string"},
+                "agent_id": NULLABLE_STRING, "session_id": NULLABLE_STRING,
+                "source": {"type": "string", "description": "llm, raw, api or import"},
+                "metadata": {"type": "object", "additionalProperties": True},
+                "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+                "superseded_by": {**NULLABLE_STRING, "description": "Id of the memory that "
+                                  "replaced this one; superseded memories are not retrieved"},
+                "valid_to": {"type": ["number", "null"]},
+            },
         },
-    },
-    "Filters": {
-        "type": "object", "additionalProperties": True,
-        "description": "Every key must match. Keys: agent_id, session_id, source, created_at, "
-        "updated_at, valid_to, superseded_by, id, or a metadata key ('metadata.topic' or "
-        "'topic'). Values: a value (equality) or operators $eq $ne $in $nin $gt $gte $lt "
-        "$lte; timestamps take epoch seconds or ISO 8601.",
-        "example": {"topic": {"$in": ["work", "stack"]}, "created_at": {"$gte": "2025-01-01"}},
-    },
-    "CreateMemories": {
-        "type": "object", "required": ["user_id"],
-        "properties": {
-            "user_id": {"type": "string"}, "tenant": {"type": "string"},
-            "text": {"type": "string"},
-            "messages": {"type": "array", "items": {"type": "object"}},
-            "infer": {"type": "boolean", "default": True,
-                      "description": "true: extract facts with the LLM; false: store the text "
-                      "(or each user message) as given"},
-            "model": {"type": "string", "description": "Model for infer=true"},
-            "metadata": {"type": "object"}, "agent_id": {"type": "string"},
-            "session_id": {"type": "string"},
+        "ScoredMemory": {"allOf": [_ref("Memory"), {
+            "type": "object", "required": ["score", "rank_score"],
+            "properties": {
+                "score": {"type": "number", "description": "Cosine similarity of the memory and "
+                          "the query (all-MiniLM-L6-v2: ~0.1 already relates, >0.5 is close): "
+                          "absolute, comparable across searches"},
+                "rank_score": {"type": "number", "description": "The hybrid (dense + keyword) "
+                               "score the results are ordered by: 0–1, relative to this user's "
+                               "other candidates for this query"},
+            }}]},
+        "MemoryList": {
+            "type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array",
+                                                                 "items": _ref("Memory")},
+                           "has_more": {"type": "boolean"}, "next_cursor": NULLABLE_STRING},
         },
-    },
-    "PatchMemory": {
-        "type": "object",
-        "properties": {"text": {"type": "string"},
-                       "metadata": {"type": "object", "description": "Merged; null removes a key"}},
-    },
-    "Search": {
-        "type": "object", "required": ["user_id", "query"],
-        "properties": {
-            "user_id": {"type": "string"}, "tenant": {"type": "string"},
-            "query": {"type": "string"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-            "filters": _ref("Filters"), "agent_id": {"type": "string"},
-            "session_id": {"type": "string"}, "include_superseded": {"type": "boolean"},
+        "HistoryEvent": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"}, "memory_id": {"type": "string"},
+                "tenant": {"type": "string"}, "user_id": {"type": "string"},
+                "event": {"enum": ["ADD", "UPDATE", "SUPERSEDE", "DELETE"]},
+                "old_text": NULLABLE_STRING, "new_text": NULLABLE_STRING,
+                "created_at": TIMESTAMP,
+                "actor": {"type": "string", "description": "api, import or job:<id>"},
+            },
         },
-    },
-}
+        "Filters": {
+            "type": "object", "additionalProperties": True,
+            "description": "Every key must match. Keys: agent_id, session_id, source, created_at, "
+            "updated_at, valid_to, superseded_by, id, or a metadata key ('metadata.topic' or "
+            "'topic'). Values: a value (equality) or operators $eq $ne $in $nin $gt $gte $lt "
+            "$lte; timestamps take epoch seconds or ISO 8601.",
+            "example": {"topic": {"$in": ["work", "stack"]}, "created_at": {"$gte": "2025-01-01"}},
+        },
+        "CreateMemories": {
+            "type": "object", "required": ["user_id"],
+            "description": "Exactly one of text and messages.",
+            "oneOf": [{"required": ["text"]}, {"required": ["messages"]}],
+            "properties": {
+                "user_id": ident, "tenant": ident,
+                "text": {"type": "string", "minLength": 1, "description": "At most "
+                         "store.max_memory_chars characters when stored as given"},
+                "messages": {"type": "array", "minItems": 1, "items": {"type": "object"},
+                             "description": "Chat messages; the user's ones are remembered"},
+                "created_at": {"type": ["number", "string"], "description": "When the fact was "
+                               "said: epoch seconds or ISO 8601 (default: now)"},
+                "infer": {"type": "boolean", "default": True,
+                          "description": "true: extract facts with the LLM; false: store the text "
+                          "(or each user message) as given"},
+                "model": {"type": "string", "description": "Model for infer=true"},
+                "metadata": {"type": "object", "description": "At most "
+                             "store.max_metadata_bytes as JSON"},
+                "agent_id": ident, "session_id": ident,
+            },
+        },
+        "PatchMemory": {
+            "type": "object", "minProperties": 1, "additionalProperties": False,
+            "properties": {"text": {"type": "string", "minLength": 1},
+                           "memory": {"type": "string", "minLength": 1,
+                                      "description": "Same as text"},
+                           "metadata": {"type": "object",
+                                        "description": "Merged; null removes a key"}},
+        },
+        "Search": {
+            "type": "object", "required": ["user_id", "query"],
+            "properties": {
+                "user_id": ident, "tenant": ident,
+                "query": {"type": "string", "minLength": 1},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                "filters": _ref("Filters"), "agent_id": ident,
+                "session_id": ident, "include_superseded": {"type": "boolean"},
+            },
+        },
+    }
 
-RESPONSES = {
-    name: _json(_ref("Error"), description)
-    for name, description in (
-        ("BadRequest", "Invalid request"), ("Unauthorized", "Missing or wrong key"),
-        ("Forbidden", "Outside the caller's tenant or user"), ("NotFound", "No such memory"),
-        ("Unavailable", "The memory store is unavailable"),
-    )
-}
+
+RESPONSES = {name: _json(_ref("Error"), description)
+             for name, description in ERROR_RESPONSES.values()}
+RESPONSES["MethodNotAllowed"]["headers"] = {"Allow": {
+    "description": "The methods this path takes", "schema": {"type": "string"}}}
 
 
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {**responses, **ERRORS}, **extra}
+def _op(summary: str, responses: dict[str, Any], *errors: str, **extra: Any) -> dict[str, Any]:
+    """An operation; ``errors``: statuses beyond the common ones (413 with a body …)."""
+    more = {**BODY_ERRORS} if "requestBody" in extra else {}
+    return {"summary": summary, "responses": {**responses, **ERRORS, **more, **_errors(*errors)},
+            **extra}
 
 
-def openapi_document() -> dict[str, Any]:
-    memory_id = [_path("memory_id")]
+def _plain(summary: str, description: str, media: str = "application/json") -> dict[str, Any]:
+    return {"summary": summary, "security": [], "responses": {"200": {
+        "description": description, "content": {media: {"schema": {}}}}}}
+
+
+def _chat_path() -> dict[str, Any]:
+    return {"post": {
+        "summary": "OpenAI chat completions, with the user's memories injected",
+        "description": "The body is OpenAI's (forwarded unchanged but for one injected system "
+        "message); the user comes from X-User-Id (or the body's user field). Answers, "
+        "streams and errors are the upstream's; X-Memory-Status and X-Memory-Injected say "
+        "what memory did.",
+        "security": [],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["messages"]}}}},
+        "responses": {
+            "200": {"description": "The upstream's answer (JSON, or text/event-stream)",
+                    "content": {"application/json": {"schema": {}},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **_errors("400", "401", "413", "500", "502", "504"),
+        },
+    }}
+
+
+def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
+    """The document; ``max_id_length``: identity.max_id_length (user, tenant … ids)."""
+    ident = {"type": "string", "minLength": 1, "maxLength": max_id_length}
+    tenant = _query("tenant", "Tenant (admin key only; a proxy key implies its own). "
+                    "Default: default.", ident)
+    user = _query("user_id", "The user whose memories these are.", ident)
+    user_path = _path("user_id", ident, "May hold '/' (team/alice), percent-encoded or not")
+    memory_id = [_path("memory_id", MEMORY_ID_SCHEMA)]
     list_params = [
-        USER, TENANT, _query("agent_id", "Only this agent's memories"),
-        _query("session_id", "Only this session's memories"),
+        user, tenant, _query("agent_id", "Only this agent's memories", ident),
+        _query("session_id", "Only this session's memories", ident),
         _query("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
         _query("cursor", "next_cursor of the previous page"),
         _query("include_superseded", "List superseded memories too", {"type": "boolean"}),
@@ -170,13 +233,13 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op("Add memories (extracted with the LLM, or as given)",
                             {"201": _json(_ref("MemoryList"), "Created"),
                              "200": _json(_ref("MemoryList"), "Nothing new to remember")},
-                            requestBody=with_body("CreateMemories")),
+                            "502", "504", requestBody=with_body("CreateMemories")),
             },
             "/v1/memories/import": {"post": _op(
                 "Import memories (JSON lines or an array, as exported)",
                 {"200": _json({"type": "object", "properties": {
                     "imported": {"type": "integer"}, "history": {"type": "integer"}}})},
-                parameters=[USER, TENANT],
+                "409", parameters=[user, tenant],
                 requestBody={"required": True, "content": {
                     "application/x-ndjson": {"schema": {"type": "string"}},
                     "application/json": {"schema": {"type": "array", "items": {
@@ -201,13 +264,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": _op("A memory's history", {"200": _json(history)}),
             },
             "/v1/users/{user_id}/export": {
-                "parameters": [_path("user_id"), TENANT],
+                "parameters": [user_path, tenant],
                 "get": _op("Export a user: JSON lines with metadata and history", {"200": {
                     "description": "One memory per line",
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}),
             },
             "/v1/users/{user_id}/jobs": {
-                "parameters": [_path("user_id"), TENANT, _query(
+                "parameters": [user_path, tenant, _query(
                     "wait", "Wait up to this many seconds (at most 60) for the user's pending "
                     "jobs to finish", {"type": "number", "minimum": 0, "maximum": 60})],
                 "get": _op("A user's extraction jobs still to run (memories appear after them)",
@@ -219,14 +282,22 @@ def openapi_document() -> dict[str, Any]:
                                "extraction": {"enum": ["llm", "raw", "off"]}}})}),
             },
             "/v1/users/{user_id}": {
-                "parameters": [_path("user_id"), TENANT],
+                "parameters": [user_path, tenant],
                 "delete": _op("Forget a user: memories, history and pending jobs", {
                     "200": _json({"type": "object", "properties": {"deleted": {
                         "type": "object", "additionalProperties": {"type": "integer"}}}})}),
             },
+            "/v1/chat/completions": _chat_path(),
+            "/healthz": {"get": _plain("Liveness", "The process answers")},
+            "/readyz": {"get": {**_plain("Readiness: memory store, jobs, workers", "Ready"),
+                                "responses": {
+                                    "200": _json({"type": "object"}, "Ready"),
+                                    "503": _json({"type": "object"}, "Not ready")}}},
+            "/metrics": {"get": _plain("Prometheus metrics", "Metrics",
+                                       "text/plain; version=0.0.4")},
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": _schemas(ident),
             "responses": RESPONSES,
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",

@@ -195,7 +195,12 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
     history: list[HistoryEvent] = []
     owner_of_id: dict[str, tuple[str, str]] = {}
     record_of_id: dict[str, int] = {}  # memory records only: one each
-    for where, item in parse_records(raw):
+    records = parse_records(raw)
+    if not records:
+        raise InvalidRequest("the import holds no records: send JSON lines or a JSON array of "
+                             "memory records (as GET /v1/users/{user_id}/export gives)",
+                             param="body")
+    for where, item in records:
         record = _Record(where, item, api.s.settings.store)
         tenant = scope.tenant_for(
             optional_id(query, "tenant", max_id) or optional_id(record.data, "tenant", max_id)
