@@ -4,6 +4,11 @@
 # (without an admin key the memory API answers loopback clients only: nobody outside).
 FROM python:3.11-slim
 
+# The distribution is memproxy-server ("memproxy" on PyPI is another project); the command
+# and the image are memproxy.
+LABEL org.opencontainers.image.title="memproxy-server" \
+      org.opencontainers.image.description="OpenAI-compatible chat proxy with per-user memory"
+
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 

@@ -55,3 +55,12 @@ def test_install_script_is_portable_bash() -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "install")]).returncode == 0
     assert "sha256sum" not in script.replace("(sha256sum is not on macOS.)", "")
     assert '"${torch_args[@]}"}' in script  # the empty-array guard bash 3.2 needs
+
+
+def test_distribution_name_is_not_the_taken_one() -> None:
+    """'memproxy' on PyPI is an unrelated project: `pip install memproxy` installs that."""
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '\nname = "memproxy-server"\n' in text
+    assert 'memproxy = "proxy.cli:main"' in text  # the command keeps its name
+    install = (ROOT / "scripts" / "install").read_text()
+    assert "pip uninstall --quiet --yes memproxy" in install  # a pre-rename venv is cleaned
