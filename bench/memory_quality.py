@@ -22,7 +22,8 @@ whole-word keywords case-insensitively:
 - precision         good current memories / current memories. Not good: *corrupted* (holds a
                     keyword that must be absent, speaks in first or second person, echoes the
                     prompt's annotations such as "(since 2026-…)" or "[1]"), *stale* (names a
-                    value that should have been superseded), *unexpected* (matches no expected
+                    value that should have been superseded, unless as the past: "User left
+                    teaching", "switched from tea"), *unexpected* (matches no expected
                     fact: chit-chat, questions, instructions stored as facts);
 - lost              expected facts that some memory once held (history) but no current one does;
 - superseded        old values kept in a superseded memory with a SUPERSEDE history row and
@@ -85,6 +86,14 @@ ANNOTATION_ECHO = [
     re.compile(r"\[\d{4}-\d\d-\d\d"),
     re.compile(r"</?memories>|memproxy", re.IGNORECASE),
 ]
+
+# A current memory that names an old value as the past ("User left teaching", "User switched
+# from tea to coffee") is history told right, not a stale value.
+PAST_FRAMING = re.compile(
+    r"\b(left|quit|used to|switched from|moved from|moved away from|no longer|former(ly)?"
+    r"|previously|not anymore|stopped)\b",
+    re.IGNORECASE,
+)
 
 
 # -- scripts and matching ----------------------------------------------------------------------
@@ -436,7 +445,7 @@ def judge(client: ProxyClient, run: UserRun) -> Verdict:
         holders = [r for r in superseded if matches(r["memory"], groups)]
         with_history = [r for r in holders
                         if any(h["event"] == "SUPERSEDE" for h in client.history(r["id"]))]
-        if any(matches(t, groups) for t in texts):
+        if any(matches(t, groups) and not PAST_FRAMING.search(t) for t in texts):
             superseded_not[name] = "still current"
         elif with_history:
             superseded_ok.append(name)
@@ -455,13 +464,15 @@ def judge(client: ProxyClient, run: UserRun) -> Verdict:
         if facts:
             fact_sets.setdefault(facts, []).append(text)
         reasons = corruption(text, script.absent)
-        stale = [name for name, groups in script.superseded.items() if matches(text, groups)]
+        stale = [name for name, groups in script.superseded.items()
+                 if matches(text, groups) and not PAST_FRAMING.search(text)]
         if reasons:
             classes["corrupted"].append(text)
             notes[text] = ", ".join(reasons)
         elif stale:
             classes["stale"].append(text)
-        elif not facts:
+        elif not facts and not (PAST_FRAMING.search(text) and any(
+                matches(text, g) for g in script.superseded.values())):
             classes["unexpected"].append(text)
         else:
             classes["good"].append(text)

@@ -102,8 +102,10 @@ class Extractor:
             return empty
         if mode == "llm":
             self.usage["exchanges"] += 1 + len(job.merged)
+        refused_before = self._refused()
         operations = await anyio.to_thread.run_sync(self._forget_operations, job, targets)
         touched = {op["id"] for op in operations}
+        proposed: list[str] = []
         if statements:
             user_words = "\n".join(statements)
             if mode == "raw":
@@ -112,6 +114,13 @@ class Extractor:
                 proposed = await self._ask_facts(job, statements)
             facts = self._checked_facts(proposed, user_words, targets, grounded=mode == "llm")
             operations += await self._decide(job, facts, user_words, touched, mode)
+        kinds = Counter(op["op"] for op in operations)
+        # Counts only: what users said stays out of the log at INFO.
+        log.info(
+            "job %s: %d proposed, %d refused by the guards; %s", job.id, len(proposed),
+            self._refused() - refused_before,
+            ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no change",
+        )
         return ExtractionResult(
             [op["text"] for op in operations if op.get("text")], mode, operations,
             list(job.merged),
@@ -130,6 +139,9 @@ class Extractor:
         return await anyio.to_thread.run_sync(
             self._reconciler.store_new, job, result.facts, result.source
         )
+
+    def _refused(self) -> int:
+        return sum(n for event, n in self.guard_events.items() if event.startswith("rejected"))
 
     def needs_caller_key(self, job: ExtractionJob) -> bool:
         """Whether the job's model call needs the caller's key (not configured, not ours)."""
@@ -272,7 +284,7 @@ class Extractor:
     # -- model calls -------------------------------------------------------------------
     async def _ask_facts(self, job: ExtractionJob, statements: list[str]) -> list[str]:
         return await self._ask(
-            job, FACTS_SYSTEM, facts_prompt(statements, job.created_at), "memory_facts",
+            job, FACTS_SYSTEM, facts_prompt(statements), "memory_facts",
             FACTS_SCHEMA, parse_facts,
         )
 

@@ -165,16 +165,34 @@ _NOT_A_TOPIC = frozenset(
 )
 
 
+# Stems that say the same slot of a user's life in other words ("moved to Paris" / "lives in
+# Berlin"): a fact of each family shares a topic with any other of it.
+_TOPIC_FAMILIES = (
+    frozenset("live move relocat resid base home hometown citi apart flat".split()),
+    frozenset("work job employ career role posit profess occup hire compani".split()),
+    frozenset("drink eat diet vegan vegetarian".split()),
+)
+
+
+def _topics(text: str) -> set[str]:
+    found = terms(text) - _NOT_A_TOPIC
+    for n, family in enumerate(_TOPIC_FAMILIES):
+        if any(_said(t, family) for t in found):
+            found.add(f"family:{n}")
+    return found
+
+
 def same_topic(old: str, new: str, similarity: float) -> bool:
     """Whether two facts are about the same thing (so one may replace or extend the other).
 
     all-MiniLM-L6-v2, measured: "lives in Berlin" / "moved to Paris last week" 0.53, "drinks
     tea" / "switched to coffee" 0.53, "works at Acme as a nurse" / "now works at Globex" 0.38
-    (shares "work"), unrelated facts about one user 0.09–0.39.
+    (shares "work"), unrelated facts about one user 0.09–0.39; so below 0.5 the two must also
+    share a topic word or family.
     """
     if similarity >= 0.5:
         return True
-    return similarity >= 0.3 and bool((terms(old) & terms(new)) - _NOT_A_TOPIC)
+    return similarity >= 0.3 and bool(_topics(old) & _topics(new))
 
 
 _NEGATION = re.compile(r"\b(?:not|no|never|none|nobody|nothing|anymore|longer|stopped|quit"

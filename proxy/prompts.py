@@ -3,7 +3,7 @@
 Two small calls instead of one big one (measured with a real 1.5B model, see guards.py):
 
 - facts: the user's statement sentences only (no stored memories, no assistant reply, no
-  numbering or dates that a model could copy back) → candidate facts;
+  numbering or dates that a model could copy back or get wrong) → candidate facts;
 - relation: one stored fact and one new fact that look like the same topic → one word.
 
 Everything a model returns is checked in proxy/guards.py before it may change memory.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Sequence
 
 FACTS_SYSTEM = """\
@@ -24,15 +23,15 @@ Rules:
   goals, plans, preferences, decisions, people, pets and places. Nothing else.
 - One fact per item, short, in the third person, starting with "User".
 - Split combined statements into separate facts.
-- Keep names, numbers and versions exactly as written. Turn relative dates ("tomorrow",
-  "last week") into dates using the message date.
+- Keep names, numbers, versions, dates and times exactly as the user wrote them ("last week"
+  stays "last week": the memory keeps the date it was said).
 - Never write down passwords, API keys, tokens, card or account numbers.
 - If the user states nothing about themself, answer {"facts": []}.
 
-Example. Message date: 2025-03-10
+Example.
 user: My sister Mia visits from Lisbon next week, and I'm learning Rust for a CLI tool.
-Answer: {"facts": ["User has a sister named Mia", "User's sister Mia visits from Lisbon in the \
-week of 2025-03-17", "User is learning Rust", "User is writing a CLI tool in Rust"]}
+Answer: {"facts": ["User has a sister named Mia", "User's sister Mia visits from Lisbon \
+next week", "User is learning Rust", "User is writing a CLI tool in Rust"]}
 
 Answer with JSON only: {"facts": ["User ...", ...]}"""
 
@@ -77,10 +76,13 @@ def schema_reminder(schema: dict[str, object]) -> str:
     )
 
 
-def facts_prompt(statements: Sequence[str], message_time: float) -> str:
-    """The user's statements, one ``user:`` line each, and the date relative dates need."""
-    when = time.strftime("%Y-%m-%d", time.gmtime(message_time))
-    return "\n".join([f"Message date: {when}", *(f"user: {one_line(s)}" for s in statements)])
+def facts_prompt(statements: Sequence[str]) -> str:
+    """The user's statements, one ``user:`` line each, and nothing else.
+
+    No date: a small model given one turned "last week" into a wrong date; the memory's own
+    ``created_at`` (shown with it, keyword-indexed) anchors relative dates instead.
+    """
+    return "\n".join(f"user: {one_line(s)}" for s in statements)
 
 
 def relation_prompt(old: str, new: str, user_words: str) -> str:

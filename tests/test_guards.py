@@ -121,6 +121,10 @@ def test_a_name_shared_is_no_shared_topic() -> None:
     assert not same_topic("User's name is Alex Moreau", "User has a cat named Miso", 0.35)
     assert same_topic("User works at Acme as a nurse", "User now works at Globex", 0.38)
     assert same_topic("User lives in Berlin", "User moved to Paris last week", 0.53)
+    # Below 0.5 a family of words for one slot of life is a shared topic too.
+    assert same_topic("User lives in Berlin", "User moved to Paris in May", 0.35)
+    assert same_topic("User works as a teacher", "User is now a UX designer at a company", 0.35)
+    assert not same_topic("User lives in Berlin", "User has a cat named Miso", 0.35)
 
 
 # -- the extractor against a hostile model ------------------------------------------------
