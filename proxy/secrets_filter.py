@@ -2,7 +2,10 @@
 
 Values that look like credentials are redacted: provider API keys (``sk-…``, ``AKIA…``,
 ``ghp_…``, ``xox?-…``, ``AIza…``), long random-looking tokens, JWTs, card numbers (13–19
-digits passing the Luhn check) and whatever follows "password/passcode/PIN/API key … is/:".
+digits passing the Luhn check, grouped by spaces, dashes or dots), whatever follows
+"password/passcode/PIN/API key … is/:", and a password-like value (holding a digit or a
+symbol) right after "password/passphrase/passcode/pwd" ("password hunter2",
+"passphrase correct-horse-battery-staple"; "password manager" stays).
 A fact that still names a credential once its value is redacted is about the secret itself
 ("User's password is [redacted]") and is dropped; otherwise the redacted fact is kept
 ("User deploys with key [redacted] to Fly.io" keeps "deploys to Fly.io").
@@ -23,7 +26,7 @@ _PROVIDER_KEYS = re.compile(
 # 24+ characters mixing letters and digits with no spaces: random tokens, not words.
 _RANDOM_TOKEN = re.compile(r"\b(?=[A-Za-z0-9_\-+/=]*\d)(?=[A-Za-z0-9_\-+/=]*[A-Za-z])"
                            r"[A-Za-z0-9_\-+/=]{24,}\b")
-_CARD = re.compile(r"(?<!\d)(?:\d[ \-]?){12,18}\d(?!\d)")
+_CARD = re.compile(r"(?<![\d.])(?:\d[ \-.]?){12,18}\d(?![\d]|\.\d)")
 _CREDENTIAL = (
     r"(?:password|passwort|passwd|pwd|passcode|passphrase|pin(?: code)?|api[ _\-]?key"
     r"|access[ _\-]?key|secret(?: key)?|token|cvv|cvc|security code|ssn"
@@ -31,6 +34,12 @@ _CREDENTIAL = (
 )
 _CREDENTIAL_VALUE = re.compile(
     rf"(\b{_CREDENTIAL}s?\b[^.;,\n]{{0,20}}?(?:\bis\b|\bwas\b|:|=)\s*)(\"[^\"]+\"|'[^']+'|\S+)",
+    re.IGNORECASE,
+)
+# "password hunter2": no "is" or ":", so only a value that looks like one (a digit or symbol).
+_BARE_CREDENTIAL = re.compile(
+    r"(\b(?:password|passwort|passwd|pwd|passcode|passphrase)s?\s+)"
+    r"((?=[^\s,;]*[0-9!@#$%^&*+=~_\-])[^\s,;]{3,})",
     re.IGNORECASE,
 )
 _NAMES_CREDENTIAL = re.compile(rf"\b{_CREDENTIAL}s?\b", re.IGNORECASE)
@@ -54,6 +63,7 @@ def redact_secrets(text: str) -> str:
     text = _PROVIDER_KEYS.sub(REDACTED, text)
     text = _CARD.sub(card, text)
     text = _CREDENTIAL_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _BARE_CREDENTIAL.sub(lambda m: m.group(1) + REDACTED, text)
     return _RANDOM_TOKEN.sub(REDACTED, text)
 
 
