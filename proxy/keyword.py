@@ -1,7 +1,7 @@
 """Keyword ranking of one user's memories: an analyzer and an incremental BM25 index.
 
-Measured on a public long-conversation benchmark (see DESIGN.md): BM25 alone beats the dense
-model on conversational memory (names, places, dates); stemming and stopword removal with
+Measured on a public long-conversation benchmark (see docs/design.md): BM25 alone beats the
+dense model on conversational memory (names, places, dates); stemming and stopword removal with
 k1≈1.2, b≈0.5 add ~8 points of recall@10, and writing the memory's date into the indexed
 text ("[8 May 2023] …") ~2 more.
 

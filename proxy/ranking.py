@@ -9,7 +9,7 @@ i), so the retriever can call them on its cached index and tests on hand-made nu
     top = mmr_select(order[:pool], fused, vectors, k)    # near-duplicates pushed down
 
 ``rank_memories`` does all four. Min-max fusion beat reciprocal rank fusion by 4–9 points of
-recall@10 on a public long-conversation benchmark (DESIGN.md); RRF stays as an option.
+recall@10 on a public long-conversation benchmark (docs/design.md); RRF stays as an option.
 """
 
 from __future__ import annotations

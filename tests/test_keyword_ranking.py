@@ -183,7 +183,7 @@ def test_hybrid_wins_where_dense_and_keyword_each_pick_a_wrong_memory() -> None:
 
 
 def test_keyword_rescues_what_dense_scores_low() -> None:
-    # DESIGN.md: MiniLM scores "What tech stack am I using?" ~0.1 against the stack fact.
+    # docs/design.md: MiniLM scores "What tech stack am I using?" ~0.1 against the stack fact.
     memories = [
         "User is building Pantry Pal with a Next.js and Postgres tech stack.",
         "User asked how to stack firewood for the winter.",
