@@ -11,6 +11,7 @@ from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error, memories_of, sdk
 
 from proxy.config import Settings
+from proxy.workers import AnsweredExchanges
 
 
 def jobs_of(base_url: str, user_id: str, **params: str) -> dict:
@@ -79,3 +80,17 @@ def test_bad_wait_is_a_400_and_extraction_off_has_no_jobs(
         "object": "user.jobs", "tenant": "default", "user_id": "u", "pending": 0,
         "states": {}, "timed_out": False, "extraction": "off",
     }
+
+
+def test_answered_exchanges_count_per_owner_until_stored_or_expired() -> None:
+    now = [100.0]
+    answered = AnsweredExchanges(ttl=60.0, clock=lambda: now[0])
+    first, second = answered.add("ann"), answered.add("ann")
+    answered.add("bob")
+    assert (answered.count("ann"), answered.count("bob"), answered.count("cyd")) == (2, 1, 0)
+    answered.discard(first)
+    answered.discard(first)  # twice is harmless
+    assert answered.count("ann") == 1
+    now[0] += 61  # a response whose client left before its job was written
+    assert answered.count("ann") == answered.count("bob") == 0
+    answered.discard(second)
