@@ -172,6 +172,8 @@ class JobSettings(_Section):
     dedupe_window_seconds: float = Field(default=86_400.0, ge=0)
     # Finished jobs kept (for `memproxy jobs list`).
     keep_done_seconds: float = Field(default=604_800.0, ge=0)
+    # Dead jobs (their user text included) kept for `memproxy jobs retry`, then deleted.
+    keep_dead_seconds: float = Field(default=2_592_000.0, ge=0)
     # A job waiting for its caller's key, then dead.
     key_wait_seconds: float = Field(default=604_800.0, ge=0)
     # In-flight jobs may finish; the rest stay claimable.

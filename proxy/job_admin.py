@@ -29,6 +29,15 @@ def hold_followers(conn: sqlite3.Connection, job_id: int, until: float) -> None:
     )
 
 
+def fact_count(result: str | None) -> int | None:
+    """How many facts a saved result holds (a done job keeps only the count)."""
+    if not result:
+        return None
+    data = json.loads(result)
+    count = data.get("fact_count")
+    return int(count) if count is not None else len(ExtractionResult.from_json(result).facts)
+
+
 class JobAdmin:
     """The jobs table for an operator. Blocking (sqlite3): call it from a worker thread."""
 
@@ -48,7 +57,7 @@ class JobAdmin:
         self._db.read("SELECT count(*) FROM _migrations")
 
     def maintain(self) -> None:
-        """Purge old finished jobs; dead-letter jobs that waited too long for a key."""
+        """Purge old done and dead jobs; dead-letter jobs that waited too long for a key."""
         now = self._clock()
         s = self._settings
 
@@ -56,6 +65,10 @@ class JobAdmin:
             conn.execute(
                 "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?",
                 (now - s.keep_done_seconds,),
+            )
+            conn.execute(
+                "DELETE FROM jobs WHERE state = 'dead' AND coalesce(finished_at, updated_at) < ?",
+                (now - s.keep_dead_seconds,),
             )
             expired = [row[0] for row in conn.execute(
                 "SELECT id FROM jobs WHERE state = 'waiting_key' AND updated_at < ?",
@@ -115,8 +128,7 @@ class JobAdmin:
                 attempts=row["attempts"], created_at=row["created_at"],
                 run_after=row["run_after"], finished_at=row["finished_at"],
                 last_error=row["last_error"],
-                facts=len(ExtractionResult.from_json(row["result"]).facts)
-                if row["result"] else None,
+                facts=fact_count(row["result"]),
             )
             for row in rows
         ]

@@ -19,7 +19,9 @@ A job carries a hash of its exchange: the same exchange again within
 The extraction result is saved in the row before it is applied, so a replay applies the same
 facts (with the same memory ids) instead of asking the model again.
 
-The caller's API key is never a column: it stays in process memory (proxy/workers.py).
+The caller's API key is never a column: it stays in process memory (proxy/workers.py). The
+user's texts are stored with secrets redacted (proxy/secrets_filter.py, the filter facts go
+through), and a done job keeps none of them: not the texts, not the facts of its result.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from proxy.job_admin import JobAdmin, hold_followers
 from proxy.jobs import ExtractionJob, ExtractionResult, identity_from_json
+from proxy.secrets_filter import redact_secrets
 
 
 class JobQueue(JobAdmin):
@@ -64,7 +67,8 @@ class JobQueue(JobAdmin):
                 (
                     job.owner, job.exchange_hash,
                     json.dumps(dataclasses.asdict(job.identity), ensure_ascii=False),
-                    json.dumps(job.user_texts, ensure_ascii=False), job.assistant_text,
+                    json.dumps([redact_secrets(t) for t in job.user_texts], ensure_ascii=False),
+                    redact_secrets(job.assistant_text),
                     job.model, int(job.has_caller_key), job.created_at,
                     max(now + self._settings.coalesce_wait_seconds, ahead or now), now,
                 ),
@@ -232,11 +236,15 @@ class JobQueue(JobAdmin):
 
     def complete(self, job_id: int, worker: str) -> bool:
         now = self._clock()
-        # The conversation is no longer needed; the hash (dedupe) and the result stay.
+        # The conversation is no longer needed, nor the result's texts (raw mode: the user's
+        # own words); the hash (dedupe) stays, and how many facts the result held.
         return self._update_leased(
             job_id, worker,
             "state = 'done', lease_owner = NULL, lease_until = NULL, finished_at = ?,"
-            " updated_at = ?, user_texts = '[]', assistant_text = ''",
+            " updated_at = ?, user_texts = '[]', assistant_text = '',"
+            " result = CASE WHEN result IS NULL THEN NULL ELSE json_object('facts', json('[]'),"
+            " 'source', json_extract(result, '$.source'),"
+            " 'fact_count', json_array_length(result, '$.facts')) END",
             (now, now), now,
         )
 
