@@ -62,6 +62,7 @@ from _results import (
     percentiles,
     write_results,
 )
+from _servers import free_port, wait_ready
 
 SCRIPTS = Path(__file__).resolve().parent / "data" / "memory_quality.json"
 CACHE_DIR = RESULTS_DIR / ".cache"
@@ -148,28 +149,6 @@ def corruption(text: str, absent: list[str]) -> list[str]:
 
 
 # -- the proxy and its API -----------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
-
-
 def start_fake(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     fake = subprocess.Popen(

@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from _results import (
     percentiles,
     write_results,
 )
+from _servers import free_port, wait_ready
 
 # The proxy package beside this bench/ (not whichever checkout the venv has installed).
 sys.path.insert(0, str(REPO_ROOT))
@@ -197,28 +197,6 @@ def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
 
 
 # -- servers ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
-    import httpx
-
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
-
-
 def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
     fake_port, proxy_port = free_port(), free_port()
     fake = subprocess.Popen(
