@@ -43,7 +43,6 @@ from proxy.guards import (
     normalise_fact,
     same_topic,
     says_nothing_new,
-    terms,
     without_target,
 )
 from proxy.jobs import ExtractionJob, ExtractionResult
@@ -96,14 +95,17 @@ class Extractor:
         if mode == "off" or user_id is None or not texts:
             return empty
         statements = statements_of(texts)
-        targets = [forget_terms(t) for t in forget_targets(texts)]
+        requests = forget_targets(texts)
+        targets = [forget_terms(t) for t in requests]
         if not statements and not targets:
             self.guard_events["no_statement"] += 1  # a question or a greeting: no call
             return empty
         if mode == "llm":
             self.usage["exchanges"] += 1 + len(job.merged)
         refused_before = self._refused()
-        operations = await anyio.to_thread.run_sync(self._forget_operations, job, targets)
+        operations = await anyio.to_thread.run_sync(
+            self._forget_operations, job, list(zip(requests, targets, strict=True))
+        )
         touched = {op["id"] for op in operations}
         proposed: list[str] = []
         if statements:
@@ -169,7 +171,7 @@ class Extractor:
                 events["rejected_not_grounded"] += 1
                 log.debug("rejected (not in the user's words): %r", fact[:200])
                 continue
-            if any(t and t <= terms(fact) for t in targets):
+            if any(forget_matches(fact, t) for t in targets):
                 events["rejected_forgotten"] += 1
                 continue
             key = normalise(fact)
@@ -181,17 +183,16 @@ class Extractor:
         return kept[: self._settings.extraction.max_facts]
 
     def _forget_operations(
-        self, job: ExtractionJob, targets: list[set[str]]
+        self, job: ExtractionJob, targets: list[tuple[str, set[str]]]
     ) -> list[dict[str, Any]]:
-        """Blocking. Remove what each forget request names, and only that."""
+        """Blocking. Remove what each forget request (its words, their terms) names, only that."""
         user_id = job.identity.user_id
         assert user_id is not None
         operations: list[dict[str, Any]] = []
-        for target in targets:
+        for query, target in targets:
             if not target:
                 self.guard_events["forget_unresolved"] += 1
                 continue
-            query = " ".join(sorted(target))
             vector = self._embedder.embed([query])[0]
             found = self._store.candidates(user_id, vector, query, tenant=job.identity.tenant)
             matched = 0
