@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Set
 
 import numpy as np
 
@@ -139,7 +140,7 @@ def grounding(fact: str, user_words: str) -> float:
     return len(found) / len(specific)
 
 
-def _said(term: str, have: set[str]) -> bool:
+def _said(term: str, have: Set[str]) -> bool:
     """The term, or a word sharing its stem: a prefix of 3+ letters ("postgres" of
     "postgresql") or a part of 4+ letters of a compound ("bee", "keep" of "beekeeper")."""
     if term in have:
