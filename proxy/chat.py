@@ -271,6 +271,9 @@ class Finish:
         self._user_texts = user_texts
         self._body = body
         self._token: int | None = None
+        # When the user spoke: the job's time, so a forget while the upstream answers covers
+        # this exchange too (proxy/forget_fence.py).
+        self._said_at = time.time()
 
     def announce(self) -> None:
         jobs = self._jobs
@@ -289,6 +292,7 @@ class Finish:
             job = ExtractionJob(
                 identity=identity, user_texts=self._user_texts,
                 assistant_text=valid_text(assistant_text), model=str(self._body.get("model", "")),
+                created_at=self._said_at,
             )
             await jobs.submit(job, self._api_key, self._body["messages"])
         finally:

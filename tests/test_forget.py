@@ -85,3 +85,21 @@ def test_a_change_racing_a_delete_of_its_memory_does_not_bring_it_back(tmp_path:
     assert store.get(memory.id) is None
     assert memory.id not in [m.id for m in store.all_memories("u")]
     store.close()
+
+
+def test_a_chat_in_flight_when_its_user_is_forgotten_is_not_remembered(
+    settings: Settings, upstream: FakeUpstream, start_proxy: Callable[..., ThreadedServer]
+) -> None:
+    proxy = start_proxy(settings)  # raw mode: the job is stored and applied right away
+    upstream.response_delay = 1.5
+    body = {"model": "m", "messages": [{"role": "user", "content": "I keep bees in Oslo."}]}
+    answered: list[httpx.Response] = []
+    asking = threading.Thread(
+        target=lambda: answered.append(chat(proxy.base_url, body, **{"X-User-Id": "kai"})))
+    asking.start()
+    wait_until(upstream.chat_requests, timeout=10)  # the chat is with the upstream
+    assert httpx.delete(f"{proxy.base_url}/v1/users/kai").status_code == 200
+    asking.join(10)
+    assert answered and answered[0].status_code == 200
+    wait_until(lambda: metric(proxy.base_url, COMPLETED) == 1)
+    assert memories_of(proxy.base_url, "kai") == []
