@@ -10,6 +10,7 @@ owner's memories, see proxy/listing.py).
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,6 +26,11 @@ from proxy.listing import Condition
 Owner = tuple[str, str]  # (tenant, user_id): whose memories
 # Ids never hold control characters (identity.check_id), so this cannot occur in a tenant.
 OWNER_SEPARATOR = "\x1f"
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def text_size_problem(text: str, max_chars: int) -> str | None:
@@ -101,7 +107,10 @@ class Memory:
     def from_record(cls, memory_id: str, text: str, meta: dict[str, Any]) -> Memory:
         tenant, _, user_id = str(meta["owner"]).partition(OWNER_SEPARATOR)
         try:
-            user_metadata = json.loads(meta.get("metadata") or "{}")
+            # A NaN or Infinity stored before they were refused reads back as null, so the
+            # record (and its owner's lists and exports) stays valid JSON.
+            user_metadata = json.loads(meta.get("metadata") or "{}",
+                                       parse_constant=lambda _: None, parse_float=_finite_or_none)
         except ValueError:
             user_metadata = {}
         created_at = float(meta.get("created_at", 0.0))

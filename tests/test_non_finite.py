@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -91,3 +92,25 @@ def test_chat_bodies_with_non_finite_numbers_are_400_invalid_json_and_not_forwar
     assert_openai_error(response, 400, "invalid_json")
     assert forwarded_chats(upstream) == []
     assert json.loads(body.replace(number, "0"))  # the same body with a number is fine
+
+
+def test_a_non_finite_number_stored_before_the_fix_reads_back_as_null(
+    start_proxy: Callable[..., ThreadedServer], tmp_path: Path
+) -> None:
+    from conftest import HashingEmbedder
+
+    from proxy.config import StoreSettings
+    from proxy.store import ChromaStore, Memory
+
+    embedder = HashingEmbedder()
+    store = ChromaStore(StoreSettings(shards=2), tmp_path / "old", embedder.dimension)
+    memory = Memory("old", "likes tea", metadata={"x": float("nan"), "y": 1})
+    store.add([memory], embedder.embed([memory.text]))  # what the old API let through
+    store.close()
+    reopened = ChromaStore(StoreSettings(shards=2), tmp_path / "old", embedder.dimension)
+    proxy = start_proxy(store=reopened, embedder=embedder)
+    client = api(proxy)
+    assert client.get(f"/v1/memories/{memory.id}").json()["metadata"] == {"x": None, "y": 1}
+    assert client.get("/v1/memories", params={"user_id": "old"}).status_code == 200
+    assert client.get("/v1/users/old/export").status_code == 200
+    reopened.close()
