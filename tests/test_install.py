@@ -64,3 +64,58 @@ def test_distribution_name_is_not_the_taken_one() -> None:
     assert 'memproxy = "proxy.cli:main"' in text  # the command keeps its name
     install = (ROOT / "scripts" / "install").read_text()
     assert "pip uninstall --quiet --yes memproxy" in install  # a pre-rename venv is cleaned
+
+
+STUB_PYTHON = r"""#!/usr/bin/env bash
+# A stand-in for .venv/bin/python: records calls, answers as a machine without the CPU index.
+echo "$*" >> "$STUB_DIR/calls"
+case "$*" in
+  *"torch_check.py installed"*) [ -e "$STUB_DIR/torch-installed" ] ;;
+  *"torch_check.py report"*) exec "$REAL_PYTHON" "$@" ;;
+  -c*) exit 1 ;;  # the CPU index probe: unreachable
+  *"--dry-run"*)
+    report="${@: -2:1}"; cp "$STUB_DIR/report.json" "$report" ;;
+  *"pip show"*) exit 1 ;;
+  *"torch=="*) touch "$STUB_DIR/torch-installed" ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_unreachable_cpu_index_falls_back_only_to_a_cpu_build(
+    tmp_path: Path, cuda: bool
+) -> None:
+    if sys.platform != "linux":
+        pytest.skip("the CPU index is used on Linux")
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("scripts/install", "scripts/torch_check.py", "pyproject.toml"):
+        (repo / name).write_bytes((ROOT / name).read_bytes())
+    (repo / "scripts" / "install").chmod(0o755)
+    stub = repo / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    packages = {"torch": "2.13.0", "nvidia-cublas-cu12": "12.8"} if cuda else {
+        "torch": "2.13.0+cpu"}
+    pip_report(tmp_path / "report.json", packages)
+    env = {"PATH": "/usr/bin:/bin", "STUB_DIR": str(tmp_path), "REAL_PYTHON": sys.executable,
+           "PYTHON": sys.executable}
+    result = subprocess.run([str(repo / "scripts" / "install")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    calls = (tmp_path / "calls").read_text()
+    assert "the PyTorch CPU index (https://download.pytorch.org/whl/cpu) is unreachable" in (
+        result.stdout)
+    if cuda:
+        assert result.returncode == 1
+        assert "would install torch 2.13.0 with 1 CUDA packages" in result.stderr
+        assert "MEMPROXY_TORCH_INDEX" in result.stderr
+        installs = [c for c in calls.splitlines() if "torch==" in c and "--dry-run" not in c]
+        assert installs == [] and not (tmp_path / "torch-installed").exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "installing torch 2.13.0 (CPU) from pip's configured index (torch 2.13.0+cpu" in (
+            result.stdout)
+        assert "installing memproxy-server" in result.stdout
+        assert (repo / ".venv" / ".memproxy-installed").exists()
