@@ -72,7 +72,7 @@ echo "$*" >> "$STUB_DIR/calls"
 case "$*" in
   *"torch_check.py installed"*) [ -e "$STUB_DIR/torch-installed" ] ;;
   *"torch_check.py report"*) exec "$REAL_PYTHON" "$@" ;;
-  -c*) exit 1 ;;  # the CPU index probe: unreachable
+  -c*) [ -n "${STUB_REACHABLE:-}" ] ;;  # the CPU index probe
   *"--dry-run"*)
     report="${@: -2:1}"; cp "$STUB_DIR/report.json" "$report" ;;
   *"pip show"*) exit 1 ;;
@@ -82,12 +82,8 @@ esac
 """
 
 
-@pytest.mark.parametrize("cuda", [True, False])
-def test_unreachable_cpu_index_falls_back_only_to_a_cpu_build(
-    tmp_path: Path, cuda: bool
-) -> None:
-    if sys.platform != "linux":
-        pytest.skip("the CPU index is used on Linux")
+def stub_repo(tmp_path: Path) -> Path:
+    """The install script, its check and pyproject.toml, with a stub .venv/bin/python."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     for name in ("scripts/install", "scripts/torch_check.py", "pyproject.toml"):
@@ -97,6 +93,16 @@ def test_unreachable_cpu_index_falls_back_only_to_a_cpu_build(
     stub.parent.mkdir(parents=True)
     stub.write_text(STUB_PYTHON)
     stub.chmod(0o755)
+    return repo
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_unreachable_cpu_index_falls_back_only_to_a_cpu_build(
+    tmp_path: Path, cuda: bool
+) -> None:
+    if sys.platform != "linux":
+        pytest.skip("the CPU index is used on Linux")
+    repo = stub_repo(tmp_path)
     packages = {"torch": "2.13.0", "nvidia-cublas-cu12": "12.8"} if cuda else {
         "torch": "2.13.0+cpu"}
     pip_report(tmp_path / "report.json", packages)
@@ -119,3 +125,23 @@ def test_unreachable_cpu_index_falls_back_only_to_a_cpu_build(
             result.stdout)
         assert "installing memproxy-server" in result.stdout
         assert (repo / ".venv" / ".memproxy-installed").exists()
+
+
+@pytest.mark.parametrize(("extra_env", "index"), [
+    ({"STUB_REACHABLE": "1"}, "https://download.pytorch.org/whl/cpu"),
+    ({"MEMPROXY_TORCH_INDEX": "http://mirror.local/cpu"}, "http://mirror.local/cpu"),
+])
+def test_torch_comes_from_the_cpu_index_or_the_one_named(
+    tmp_path: Path, extra_env: dict[str, str], index: str
+) -> None:
+    if sys.platform != "linux":
+        pytest.skip("the CPU index is used on Linux")
+    repo = stub_repo(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "STUB_DIR": str(tmp_path), "REAL_PYTHON": sys.executable,
+           "PYTHON": sys.executable, **extra_env}
+    result = subprocess.run([str(repo / "scripts" / "install")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (install,) = [c for c in (tmp_path / "calls").read_text().splitlines() if "torch==" in c]
+    assert install == f"-m pip install --quiet --index-url {index} torch==2.13.0"
+    assert "--dry-run" not in (tmp_path / "calls").read_text()
