@@ -90,8 +90,21 @@ def _compare(actual: Any, op: str, wanted: Any) -> bool:
     return bool(actual <= wanted)
 
 
+# Epoch seconds a memory's time may take: 1970 to the end of year 9999 (what dates render).
+EARLIEST, LATEST = 0.0, 253_402_300_799.0
+
+
 def parse_time(value: Any, param: str) -> float:
     """Epoch seconds from a number or ISO 8601 text (UTC when no offset is given)."""
+    moment = _parse_time(value, param)
+    if not EARLIEST <= moment <= LATEST:
+        raise InvalidRequest(
+            f"'{param}' must lie between 1970-01-01 and 9999-12-31", param=param
+        )
+    return moment
+
+
+def _parse_time(value: Any, param: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if math.isfinite(value):
             return float(value)
@@ -112,7 +125,10 @@ def parse_time(value: Any, param: str) -> float:
         else:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
-            return moment.timestamp()
+            try:
+                return moment.timestamp()
+            except (OverflowError, ValueError):
+                pass
     raise InvalidRequest(
         f"'{param}' must be epoch seconds or an ISO 8601 timestamp", param=param
     )

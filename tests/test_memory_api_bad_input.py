@@ -75,3 +75,13 @@ def test_a_user_id_with_a_lone_surrogate_is_400_in_chat(api: httpx.Client) -> No
         '"content": "I like tea"}]}'
     response = api.post(CHAT_PATH, content=chat_body, headers={"content-type": "application/json"})
     refused(response, "user", "surrogate")
+
+
+@pytest.mark.parametrize("moment", [1.7976931348623155e308, -1, 1e12, "0001-01-01T00:00:00+14:00",
+                                    "+275760-09-13"])
+def test_a_time_outside_1970_to_9999_is_400(api: httpx.Client, moment: object) -> None:
+    body = {"user_id": "u", "text": "likes tea", "infer": False, "created_at": moment}
+    refused(api.post("/v1/memories", json=body), "created_at")
+    record = {"user_id": "u", "memory": "likes tea", "created_at": moment}
+    refused(api.post("/v1/memories/import", content=json.dumps(record)), "created_at")
+    nothing_stored(api)
