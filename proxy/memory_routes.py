@@ -80,9 +80,14 @@ class _ApiRoute(Route):
 
 def _not_routed(routes: list[_ApiRoute]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        # The first route whose path matches decides (as for a full match): for
+        # /v1/users/ann/export that is the export route, not "DELETE user 'ann/export'".
+        partial = next(
+            (r for r in routes if r.matches(request.scope)[0] is Match.PARTIAL), None
+        )
         allowed = sorted({
-            method for route in routes
-            if route.matches(request.scope)[0] is Match.PARTIAL for method in route.methods or ()
+            method for route in routes if partial is not None and route.path == partial.path
+            for method in route.methods or ()
         })
         if allowed:
             raise MethodNotAllowed(

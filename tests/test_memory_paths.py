@@ -67,6 +67,7 @@ def test_user_ids_with_slashes_are_exported_and_forgotten_never_forwarded(
     ("PUT", "/v1/memories", 405), ("GET", "/v1/memories/a/b/c", 404),
     ("GET", "/v1/memories/", 404), ("PUT", "/v1/memories/import", 405),
     ("POST", "/v1/memories/x/history", 405), ("OPTIONS", "/v1/memories/search", 405),
+    ("OPTIONS", "/v1/users/ann/export", 405),
 ])
 def test_no_memory_api_path_reaches_the_upstream(
     proxy: ThreadedServer, upstream: FakeUpstream, method: str, path: str, status: int
@@ -75,6 +76,8 @@ def test_no_memory_api_path_reaches_the_upstream(
     assert_openai_error(response, status)
     if status == 405:
         assert response.headers["allow"]
+        if path.endswith("/ann/export") or path.endswith("/x/history"):
+            assert response.headers["allow"] == "GET, HEAD"  # the path's own route only
     never_forwarded(upstream)
 
 
