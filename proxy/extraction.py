@@ -217,10 +217,13 @@ class Extractor:
         self, job: ExtractionJob, facts: list[str], user_words: str, touched: set[str],
         mode: str,
     ) -> list[dict[str, Any]]:
+        if mode == "raw":
+            # The user's own sentences: added as said (store_new still skips duplicates).
+            return [{"op": "add", "id": None, "text": fact} for fact in facts]
         if not facts:
             return []
         vectors, neighbours = await anyio.to_thread.run_sync(self._neighbours, job, facts)
-        add_only = mode != "llm" or self._settings.extraction.decisions == "add_only"
+        add_only = self._settings.extraction.decisions == "add_only"
         threshold = self._settings.extraction.duplicate_threshold
         operations: list[dict[str, Any]] = []
         for row, fact in enumerate(facts):

@@ -21,7 +21,8 @@ You write down facts about a user from what the user wrote in a chat.
 Rules:
 - Only what the user states about themself and their life: name, job, projects, tech stack,
   goals, plans, preferences, decisions, people, pets and places. Nothing else.
-- One fact per item, short, in the third person, starting with "User".
+- One fact per item, short, in the third person, starting with "User", in the language the
+  user wrote in.
 - Split combined statements into separate facts.
 - Keep names, numbers, versions, dates and times exactly as the user wrote them ("last week"
   stays "last week": the memory keeps the date it was said).

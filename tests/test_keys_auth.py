@@ -74,6 +74,8 @@ def test_keys_mode_end_to_end(
     )
     assert reply.headers["x-memory-status"] == "injected"
     assert "I keep bees in my garden" not in memories(proxy, "u1", "B")
+    ask(sdk(base, key_b), "I grow tomatoes", **{"X-User-Id": "u1"})  # B's u1 states a fact
+    wait_until(lambda: memories(proxy, "u1", "B") == ["I grow tomatoes"])
 
     # A key bound to alice speaks for alice, whatever the request names.
     ask(sdk(base, alice_key), "I play the cello", **{"X-User-Id": "mallory"})
