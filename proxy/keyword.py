@@ -49,7 +49,10 @@ def dated_text(text: str, created_at: float | None) -> str:
     """``"[8 May 2023] text"``: the form a memory is keyword-indexed in (+2 recall@10)."""
     if created_at is None:
         return text
-    t = time.gmtime(created_at)
+    try:
+        t = time.gmtime(created_at)
+    except (OverflowError, OSError, ValueError):  # a time no calendar renders: undated
+        return text
     return f"[{t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year}] {text}"
 
 

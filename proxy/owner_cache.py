@@ -66,9 +66,11 @@ class UserIndex:
     def append(self, memories: Sequence[Memory], vectors: np.ndarray) -> None:
         with self.lock:
             self._changed()
-            self.memories.extend(memories)
-            self.matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
+            # Whatever can fail first: the three must grow together or not at all.
+            matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
             self.keyword.add([m.text for m in memories], [m.created_at for m in memories])
+            self.matrix = matrix
+            self.memories.extend(memories)
 
     def position(self, memory_id: str) -> int | None:
         for i, memory in enumerate(self.memories):

@@ -142,3 +142,15 @@ def test_cleared_fields_stay_cleared_when_read_back_from_chroma(tmp_path: Path) 
     [read] = cold.all_memories("u")
     assert read.metadata == {} and read.agent_id == "a" and read.updated_at > read.created_at
     cold.close()
+
+
+def test_a_time_the_index_cannot_date_leaves_the_cached_index_aligned(store: ChromaStore) -> None:
+    # Written by an older version (times are range-checked at the API now): the keyword
+    # index cannot render its date, and the cached rows must stay aligned anyway.
+    first = add(store, "lives in Berlin")
+    assert store.count_user("u") == 1  # cached
+    add(store, "far future", created_at=1.7976931348623155e308)
+    changed = store.update(first.id, text="lives in Paris", vector=vectors("lives in Paris")[0])
+    assert changed is not None and changed.text == "lives in Paris"
+    assert sorted(m.text for m in store.all_memories("u")) == ["far future", "lives in Paris"]
+    assert store.search("u", vectors("Paris")[0], 1)[0].memory.text == "lives in Paris"
