@@ -9,6 +9,8 @@ metrics endpoints are listed too, briefly: their bodies are OpenAI's and Prometh
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from typing import Any
 
 from proxy import __version__
@@ -55,11 +57,33 @@ ERROR_RESPONSES = {
 ERRORS = _errors("400", "401", "403", "404", "405", "500", "503")
 BODY_ERRORS = _errors("413")
 MEMORY_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^/]+$"}
+TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}  # not only whitespace
+
+
+@functools.cache
+def _id_pattern() -> str:
+    """What identity.check_id takes: something besides whitespace, and no character of the
+    Unicode categories Cc, Cf, Zl, Zp or Cs (from the running Python's Unicode tables)."""
+    refused = [c for c in range(0x110000)
+               if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
+    ranges: list[tuple[int, int]] = []
+    for c in refused:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1] = (ranges[-1][0], c)
+        else:
+            ranges.append((c, c))
+
+    def escape(c: int) -> str:
+        return f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
+
+    excluded = "".join(escape(a) if a == b else f"{escape(a)}-{escape(b)}" for a, b in ranges)
+    return f"^(?=.*\\S)[^{excluded}]*$"
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIMESTAMP = {"type": "number", "description": "Unix time in seconds"}
 
 def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
     """The schemas; ``ident`` is the schema of a user, tenant, agent or session id."""
+    nullable_ident = {**ident, "type": ["string", "null"]}
     return {
         "Error": {
             "type": "object", "required": ["error"],
@@ -124,11 +148,15 @@ def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
             "description": "Exactly one of text and messages.",
             "oneOf": [{"required": ["text"]}, {"required": ["messages"]}],
             "properties": {
-                "user_id": ident, "tenant": ident,
-                "text": {"type": "string", "minLength": 1, "description": "At most "
+                "user_id": ident, "tenant": nullable_ident,
+                "text": {**TEXT, "description": "At most "
                          "store.max_memory_chars characters when stored as given"},
                 "messages": {"type": "array", "minItems": 1, "items": {"type": "object"},
-                             "description": "Chat messages; the user's ones are remembered"},
+                             "contains": {"type": "object", "required": ["role", "content"],
+                                          "properties": {"role": {"const": "user"},
+                                                         "content": TEXT}},
+                             "description": "Chat messages; the user's ones are remembered "
+                             "(at least one with text)"},
                 "created_at": {"type": ["number", "string"], "description": "When the fact was "
                                "said: epoch seconds or ISO 8601 (default: now)"},
                 "infer": {"type": "boolean", "default": True,
@@ -137,25 +165,24 @@ def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
                 "model": {"type": "string", "description": "Model for infer=true"},
                 "metadata": {"type": "object", "description": "At most "
                              "store.max_metadata_bytes as JSON"},
-                "agent_id": ident, "session_id": ident,
+                "agent_id": nullable_ident, "session_id": nullable_ident,
             },
         },
         "PatchMemory": {
             "type": "object", "minProperties": 1, "additionalProperties": False,
-            "properties": {"text": {"type": "string", "minLength": 1},
-                           "memory": {"type": "string", "minLength": 1,
-                                      "description": "Same as text"},
+            "properties": {"text": TEXT,
+                           "memory": {**TEXT, "description": "Same as text"},
                            "metadata": {"type": "object",
                                         "description": "Merged; null removes a key"}},
         },
         "Search": {
             "type": "object", "required": ["user_id", "query"],
             "properties": {
-                "user_id": ident, "tenant": ident,
-                "query": {"type": "string", "minLength": 1},
+                "user_id": ident, "tenant": nullable_ident,
+                "query": TEXT,
                 "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                "filters": _ref("Filters"), "agent_id": ident,
-                "session_id": ident, "include_superseded": {"type": "boolean"},
+                "filters": _ref("Filters"), "agent_id": nullable_ident,
+                "session_id": nullable_ident, "include_superseded": {"type": "boolean"},
             },
         },
     }
@@ -200,14 +227,18 @@ def _chat_path() -> dict[str, Any]:
 
 def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
     """The document; ``max_id_length``: identity.max_id_length (user, tenant … ids)."""
-    ident = {"type": "string", "minLength": 1, "maxLength": max_id_length}
+    ident = {"type": "string", "minLength": 1, "maxLength": max_id_length,
+             "pattern": _id_pattern()}
     tenant = _query("tenant", "Tenant (admin key only; a proxy key implies its own). "
                     "Default: default.", ident)
-    user = _query("user_id", "The user whose memories these are.", ident)
+    user = _query("user_id", "The user whose memories these are (in import records, or here).",
+                  ident)
+    owner = _query("user_id", "The user whose memories these are (a proxy key bound to a "
+                   "user may leave it out).", ident, required=True)
     user_path = _path("user_id", ident, "May hold '/' (team/alice), percent-encoded or not")
     memory_id = [_path("memory_id", MEMORY_ID_SCHEMA)]
     list_params = [
-        user, tenant, _query("agent_id", "Only this agent's memories", ident),
+        owner, tenant, _query("agent_id", "Only this agent's memories", ident),
         _query("session_id", "Only this session's memories", ident),
         _query("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
         _query("cursor", "next_cursor of the previous page"),
@@ -241,8 +272,8 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "imported": {"type": "integer"}, "history": {"type": "integer"}}})},
                 "409", parameters=[user, tenant],
                 requestBody={"required": True, "content": {
-                    "application/x-ndjson": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"type": "array", "items": {
+                    "application/x-ndjson": {"schema": TEXT},
+                    "application/json": {"schema": {"type": "array", "minItems": 1, "items": {
                         "type": "object"}}}}},
             )},
             "/v1/memories/search": {"post": _op(

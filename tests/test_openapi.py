@@ -5,6 +5,7 @@ import, created_at on POST /v1/memories)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,13 @@ def test_enforced_constraints_are_in_the_schema(proxy: ThreadedServer) -> None:
     assert {"required": ["text"]} in create["oneOf"] and {"required": ["messages"]} in create[
         "oneOf"]
     assert "created_at" in create["properties"]
+    pattern = re.compile(create["properties"]["user_id"]["pattern"])
+    assert pattern.match("team/alice") and pattern.match("Zoë 🙂")
+    for refused in (" ", "a\x00", "a\u200b", "a\u2028", "\ud800", "a\U000e0001"):
+        assert not pattern.match(refused), repr(refused)
+    assert create["properties"]["agent_id"]["type"] == ["string", "null"]  # null: not given
+    assert create["properties"]["messages"]["contains"]["properties"]["role"] == {
+        "const": "user"}
     patch = schemas["PatchMemory"]
     assert patch["minProperties"] == 1 and patch["additionalProperties"] is False
     assert "owner" not in schemas["Memory"]["properties"]
