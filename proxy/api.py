@@ -373,6 +373,8 @@ class MemoriesAPI:
         tenant, user_id = self.owner(scope, body)
         query = memory_text(body.get("query"), "query")
         limit = body.get("limit", 10)
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # 10.0 is an integer to JSON Schema (and JavaScript)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100:
             raise InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
         found = await self.run(

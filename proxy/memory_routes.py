@@ -5,8 +5,10 @@ other ``/v1/*`` paths are (the request would carry the memory API's credentials 
 path no route takes is a 404, a wrong method a 405 with ``Allow``, both in OpenAI's shape.
 A user id may hold ``/`` (``team/alice``), percent-encoded or not: the user routes take the
 rest of the path as the id, so ``DELETE /v1/users/team/alice`` forgets ``team/alice`` and
-``GET /v1/users/team/alice/export`` exports them. Memory ids never hold ``/`` (ours are hex;
-an import refuses others, see proxy/api.memory_id_problem).
+``GET /v1/users/team/alice/export`` exports them. A path whose last segment, as sent, is one
+of the user routes' words (``…/export``, ``…/jobs``) is that route; a user id ending in such a
+word is addressed with its ``/`` encoded (``DELETE /v1/users/bob%2Fexport``). Memory ids
+never hold ``/`` (ours are hex; an import refuses others, see proxy/api.memory_id_problem).
 """
 
 from __future__ import annotations
@@ -63,17 +65,35 @@ PATHS: dict[str, dict[str, Operation]] = {
 }
 
 
+# Last segments of the routes under a user: "/v1/users/x/export" is never the user "x/export".
+USER_ROUTE_WORDS = frozenset(
+    path.rsplit("/", 1)[1].encode() for path in PATHS if path.startswith("/v1/users/{user_id}/")
+)
+
+
+def _names_a_user_route(scope: Any) -> bool:
+    """The path as sent (``raw_path``: ``%2F`` still encoded) ends in ``/<user route word>``."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    user_part = raw.split(b"?", 1)[0].removeprefix(b"/v1/users/")
+    return b"/" in user_part and user_part.rsplit(b"/", 1)[1] in USER_ROUTE_WORDS
+
+
 def _route_path(path: str) -> str:
     """The documented path as a Starlette route: a user id is the rest of the path."""
     return path.replace("{user_id}", "{user_id:path}")
 
 
 class _ApiRoute(Route):
-    """A route whose ``{memory_id}`` is never one of the words routes use (``import`` …)."""
+    """A route whose ``{memory_id}`` is never one of the words routes use (``import`` …), and
+    whose ``{user_id}`` at the end of the path never ends with one (``export`` …)."""
 
     def matches(self, scope: Any) -> tuple[Match, Any]:
         match, child = super().matches(scope)
+        if match is Match.NONE:
+            return match, child
         if child.get("path_params", {}).get("memory_id") in RESERVED_MEMORY_IDS:
+            return Match.NONE, {}
+        if self.path.endswith("{user_id:path}") and _names_a_user_route(scope):
             return Match.NONE, {}
         return match, child
 

@@ -63,8 +63,11 @@ TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}  # not only whitespa
 @functools.cache
 def _id_pattern() -> str:
     """What identity.check_id takes: something besides whitespace, and no character of the
-    Unicode categories Cc, Cf, Zl, Zp or Cs (from the running Python's Unicode tables)."""
-    refused = [c for c in range(0x110000)
+    Unicode categories Cc, Cf, Zl, Zp or Cs (from the running Python's Unicode tables).
+
+    Basic Multilingual Plane only: \\u escapes are what every JSON Schema (ECMA 262) regex
+    reads; the few refused characters above it (tags, musical formatting) are left out."""
+    refused = [c for c in range(0x10000)
                if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
     ranges: list[tuple[int, int]] = []
     for c in refused:
@@ -74,7 +77,7 @@ def _id_pattern() -> str:
             ranges.append((c, c))
 
     def escape(c: int) -> str:
-        return f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
+        return f"\\u{c:04x}"
 
     excluded = "".join(escape(a) if a == b else f"{escape(a)}-{escape(b)}" for a, b in ranges)
     return f"^(?=.*\\S)[^{excluded}]*$"
@@ -163,7 +166,7 @@ def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
                           "description": "true: extract facts with the LLM; false: store the text "
                           "(or each user message) as given"},
                 "model": {"type": "string", "description": "Model for infer=true"},
-                "metadata": {"type": "object", "description": "At most "
+                "metadata": {"type": ["object", "null"], "description": "At most "
                              "store.max_metadata_bytes as JSON"},
                 "agent_id": nullable_ident, "session_id": nullable_ident,
             },
@@ -172,7 +175,7 @@ def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
             "type": "object", "minProperties": 1, "additionalProperties": False,
             "properties": {"text": TEXT,
                            "memory": {**TEXT, "description": "Same as text"},
-                           "metadata": {"type": "object",
+                           "metadata": {"type": ["object", "null"],
                                         "description": "Merged; null removes a key"}},
         },
         "Search": {
@@ -181,7 +184,8 @@ def _schemas(ident: dict[str, Any]) -> dict[str, Any]:
                 "user_id": ident, "tenant": nullable_ident,
                 "query": TEXT,
                 "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                "filters": _ref("Filters"), "agent_id": nullable_ident,
+                "filters": {"anyOf": [_ref("Filters"), {"type": "null"}]},
+                "agent_id": nullable_ident,
                 "session_id": nullable_ident, "include_superseded": {"type": "boolean"},
             },
         },
@@ -243,7 +247,9 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
         _query("limit", "Page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
         _query("cursor", "next_cursor of the previous page"),
         _query("include_superseded", "List superseded memories too", {"type": "boolean"}),
-        _query("filters", "Filters as JSON text"),
+        {"name": "filters", "in": "query", "required": False,
+         "description": "Filters as JSON text", "content": {"application/json": {
+             "schema": _ref("Filters")}}},
     ]
     def with_body(name: str) -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
@@ -274,7 +280,10 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                 requestBody={"required": True, "content": {
                     "application/x-ndjson": {"schema": TEXT},
                     "application/json": {"schema": {"type": "array", "minItems": 1, "items": {
-                        "type": "object"}}}}},
+                        "type": "object", "description": "As exported: 'memory' (the text), "
+                        "'user_id' (here or in the query), 'id', times, metadata, history",
+                        "anyOf": [{"required": ["memory"]}, {"required": ["text"]}],
+                        "properties": {"memory": TEXT, "text": TEXT}}}}}},
             )},
             "/v1/memories/search": {"post": _op(
                 "Search a user's memories with the ranking the proxy injects with",

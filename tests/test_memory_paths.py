@@ -53,6 +53,8 @@ def test_user_ids_with_slashes_are_exported_and_forgotten_never_forwarded(
         assert exported.status_code == 200, exported.text
         assert [json.loads(line)["user_id"] for line in exported.text.splitlines()] == [user]
         assert client.get(f"{path}/jobs").status_code == 200
+    if user.endswith(("/export", "/jobs")):  # as sent, that last segment is the route
+        assert_openai_error(client.delete(f"/v1/users/{user}"), 405)
     forgotten = client.delete(encoded.raw_path.decode())
     assert forgotten.status_code == 200, forgotten.text
     assert forgotten.json()["user_id"] == user and forgotten.json()["deleted"]["memories"] == 1
@@ -67,7 +69,8 @@ def test_user_ids_with_slashes_are_exported_and_forgotten_never_forwarded(
     ("PUT", "/v1/memories", 405), ("GET", "/v1/memories/a/b/c", 404),
     ("GET", "/v1/memories/", 404), ("PUT", "/v1/memories/import", 405),
     ("POST", "/v1/memories/x/history", 405), ("OPTIONS", "/v1/memories/search", 405),
-    ("OPTIONS", "/v1/users/ann/export", 405),
+    ("OPTIONS", "/v1/users/ann/export", 405), ("DELETE", "/v1/users/ann/export", 405),
+    ("DELETE", "/v1/users/ann/jobs", 405),
 ])
 def test_no_memory_api_path_reaches_the_upstream(
     proxy: ThreadedServer, upstream: FakeUpstream, method: str, path: str, status: int

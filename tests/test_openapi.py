@@ -60,7 +60,7 @@ def test_enforced_constraints_are_in_the_schema(proxy: ThreadedServer) -> None:
     assert "created_at" in create["properties"]
     pattern = re.compile(create["properties"]["user_id"]["pattern"])
     assert pattern.match("team/alice") and pattern.match("Zoë 🙂")
-    for refused in (" ", "a\x00", "a\u200b", "a\u2028", "\ud800", "a\U000e0001"):
+    for refused in (" ", "a\x00", "a\u200b", "a\u2028", "\ud800", "a\ufeff"):
         assert not pattern.match(refused), repr(refused)
     assert create["properties"]["agent_id"]["type"] == ["string", "null"]  # null: not given
     assert create["properties"]["messages"]["contains"]["properties"]["role"] == {
@@ -99,3 +99,11 @@ def test_post_memories_keeps_a_given_created_at(proxy: ThreadedServer) -> None:
     assert stored["created_at"] == 1619870400.0
     assert_openai_error(api.post("/v1/memories", json={
         "user_id": "u", "text": "x", "infer": False, "created_at": "yesterday"}), 400)
+
+
+def test_an_integral_float_is_an_integer_limit(proxy: ThreadedServer) -> None:
+    found = httpx.post(proxy.base_url + "/v1/memories/search",
+                       json={"user_id": "u", "query": "tea", "limit": 10.0})
+    assert found.status_code == 200, found.text
+    assert_openai_error(httpx.post(proxy.base_url + "/v1/memories/search",
+                                   json={"user_id": "u", "query": "tea", "limit": 2.5}), 400)
