@@ -1,6 +1,14 @@
 """Retrieval quality on the synthetic set in bench/data/: dense, keyword and hybrid.
 
     .venv/bin/python bench/retrieval_eval.py [--data PATH] [--k 10]
+    .venv/bin/python bench/retrieval_eval.py --locomo PATH [--set retrieval.KEY=VALUE ...]
+
+With ``--locomo`` (any file in the LoCoMo layout: the public benchmark, REALTALK …) the
+measurement runs through the memory API instead (bench/_api_eval.py): every turn stored with
+``POST /v1/memories`` (``infer: false``, its real date as ``created_at``), every question
+searched with ``POST /v1/memories/search``; it reports R@1/5/10/20 overall and by category
+and the search call's latency, for that file and the synthetic set side by side
+(``--no-synthetic`` leaves the latter out). ``--set`` overrides a setting for the run.
 
 Two modes over the same users and questions:
 
@@ -294,11 +302,67 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def api_main(args: argparse.Namespace) -> None:
+    """Through the memory API: the LoCoMo-layout file and the synthetic set side by side."""
+    from _api_eval import CUTS, embedder_for_queries, load_locomo, load_synthetic, run
+
+    began = time.perf_counter()
+    model = embedder_for_queries(RESULTS)
+    sets = {args.locomo.name: load_locomo(args.locomo)}
+    if not args.no_synthetic:
+        users = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()]
+        sets["synthetic raw"] = load_synthetic(users, "raw")
+        sets["synthetic facts"] = load_synthetic(users, "facts")
+    overrides = dict(args.set)
+    results = {name: run(conversations, model, overrides) for name, conversations in sets.items()}
+    print(f"# Retrieval through the memory API; settings overridden: {overrides or 'none'}\n")
+    headers = ["set", "questions", *(f"R@{c}" for c in CUTS), "search p50 ms", "p95 ms"]
+    print(markdown_table(headers, [
+        [name, str(r["questions"]), *(fmt(r[f"r@{c}"]) for c in CUTS),
+         fmt(r["latency_ms"]["p50"], 2), fmt(r["latency_ms"]["p95"], 2)]
+        for name, r in results.items()
+    ]) + "\n")
+    for name, r in results.items():
+        print(f"## {name} by category\n")
+        print(markdown_table(["category", "questions", *(f"R@{c}" for c in CUTS)], [
+            [cat, str(v["questions"]), *(fmt(v[f"r@{c}"]) for c in CUTS)]
+            for cat, v in r["categories"].items()
+        ]) + "\n")
+    elapsed = time.perf_counter() - began
+    print(f"Run time {elapsed:.0f} s on {os.cpu_count()} CPUs "
+          f"(load average at end {os.getloadavg()[0]:.1f}).")
+    results["meta"] = {"overrides": overrides, "seconds": elapsed, "cpus": os.cpu_count(),
+                       "python": platform.python_version(), "loadavg": os.getloadavg()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, default=str)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"retrieval_api-{stamp}.json").write_text(text, encoding="utf-8")
+    (RESULTS / "retrieval_api-latest.json").write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--locomo", type=Path, help="a LoCoMo-layout file: measure via the API")
+    parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--set", type=override, action="append", default=[],
+                        metavar="KEY=VALUE", help="a setting for the API run, e.g. "
+                        "retrieval.dense_weight=0.4")
     args = parser.parse_args()
+    if args.locomo is not None:
+        api_main(args)
+        return
     k = args.k
     began = time.perf_counter()
     users = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()]
