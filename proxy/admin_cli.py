@@ -61,8 +61,10 @@ class Client:
 
 
 def segment(value: str) -> str:
-    """An id as one path segment (``team/alice`` → ``team%2Falice``)."""
-    return quote(value, safe="")
+    """An id as one path segment (``team/alice`` → ``team%2Falice``; ``..`` → ``%2E%2E``,
+    which a client would otherwise resolve away)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if value in (".", "..") else quoted
 
 
 def _when(ts: float | None) -> str:

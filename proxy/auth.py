@@ -120,12 +120,29 @@ class Authenticator:
             raise AuthenticationFailed("incorrect or revoked proxy key")
         return key
 
+    def _is_admin_key(self, token: str | None) -> bool:
+        admin_key = self._settings.admin_key
+        return admin_key is not None and token is not None and hmac.compare_digest(
+            token.encode(), admin_key.get_secret_value().encode()
+        )
+
+    def _refuse_admin_key(self, headers: Mapping[str, str]) -> None:
+        """The admin key never leaves the proxy: a request to be forwarded carrying it is
+        refused (without upstream.api_key the caller's Authorization would go upstream)."""
+        if self._is_admin_key(bearer_token(headers)):
+            raise PermissionDenied(
+                "the admin key is for the memory API only and is never forwarded upstream: "
+                "send your provider key (or, in keys mode, a proxy key)", code="admin_key",
+            )
+
     def admit(self, headers: Mapping[str, str]) -> None:
         """Requests passed through to the upstream (models, embeddings …)."""
+        self._refuse_admin_key(headers)
         if self.mode == "keys":
             self._proxy_key(headers)
 
     def identify(self, headers: Mapping[str, str], body: Mapping[str, Any]) -> Identity:
+        self._refuse_admin_key(headers)
         identity_settings = self._settings.identity
         if self.mode == "keys":
             key = self._proxy_key(headers)
@@ -152,9 +169,7 @@ class Authenticator:
     def memory_scope(self, headers: Mapping[str, str], client_host: str | None) -> Scope:
         token = bearer_token(headers)
         admin_key = self._settings.admin_key
-        if admin_key is not None and token is not None and hmac.compare_digest(
-            token.encode(), admin_key.get_secret_value().encode()
-        ):
+        if self._is_admin_key(token):
             return ADMIN
         if self._keys is not None and token is not None and token.startswith(TOKEN_PREFIX):
             key = self._keys.lookup(token)

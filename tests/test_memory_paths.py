@@ -105,3 +105,29 @@ def test_cli_forgets_and_exports_a_user_with_a_slash(
     assert json.loads(capsys.readouterr().out)["user_id"] == "team/alice"
     assert main(["users", "forget", "--user", "team/alice", "--yes", *common]) == 0
     assert "1 memories" in capsys.readouterr().out
+
+
+def test_the_admin_key_is_never_forwarded_upstream(
+    proxy: ThreadedServer, upstream: FakeUpstream
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for method, path, sent in (("POST", "/v1/chat/completions", body),
+                               ("POST", "/chat/completions", body), ("GET", "/v1/models", None),
+                               ("GET", "/v1/", None)):
+        response = httpx.request(method, proxy.base_url + path, json=sent, headers=ADMIN)
+        assert_openai_error(response, 403, "admin_key")
+    never_forwarded(upstream)
+    assert httpx.post(proxy.base_url + "/v1/chat/completions", json=body,
+                      headers={"authorization": "Bearer sk-provider"}).status_code == 200
+
+
+@pytest.mark.parametrize("user", [".", ".."])
+def test_cli_reaches_dot_user_ids(
+    proxy: ThreadedServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream, user: str,
+) -> None:
+    add(api(proxy), user, "likes tea")
+    monkeypatch.setenv("MEMPROXY_ADMIN_KEY", "adm-secret")
+    assert main(["users", "forget", "--user", user, "--yes", "--url", proxy.base_url]) == 0
+    assert "1 memories" in capsys.readouterr().out
+    never_forwarded(upstream)
