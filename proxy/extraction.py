@@ -58,7 +58,7 @@ from proxy.prompts import (
 )
 from proxy.providers import litellm_module, translate_litellm_error
 from proxy.reconcile import Reconciler, memory_id, normalise
-from proxy.secrets_filter import scrub_fact
+from proxy.secrets_filter import keeps_a_secret, scrub_fact
 from proxy.statements import forget_targets, statements_of
 from proxy.store import Memory, MemoryStore
 
@@ -162,7 +162,7 @@ class Extractor:
         seen: set[str] = set()
         for text in proposed:
             fact = normalise_fact(text, user_words) if grounded else scrub_fact(text.strip())
-            if fact is None:
+            if fact is None or keeps_a_secret(fact, user_words):
                 events["rejected_empty_or_secret"] += 1
                 continue
             if grounded and fact != " ".join(text.split()).rstrip(" ."):

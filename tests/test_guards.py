@@ -249,6 +249,20 @@ async def test_forget_removes_what_was_named_even_when_the_model_deletes_everyth
     assert events.count("DELETE") == 1 and events.count("UPDATE") == 1
 
 
+async def test_a_fact_kept_only_to_hold_a_secret_is_refused(
+    hostile: tuple[Extractor, ChromaStore, HostileModel], upstream: FakeUpstream
+) -> None:
+    extractor, store, _ = hostile
+    upstream.structured_reply = None
+    # Seen with the real model: the key's value left out, the fact about keeping it kept.
+    upstream.extract_facts = lambda body: [
+        "User has an API key that should be kept for them", "User deploys to Fly.io"]
+    said = "My API key is sk-proj-4fQ9xZ2LmN7pR8sT1vW3yB6c. I deploy to Fly.io."
+    await extractor.process(turn(said))
+    assert current(store) == set(SEED) | {"User deploys to Fly.io"}
+    assert extractor.guard_events["rejected_empty_or_secret"] == 1
+
+
 async def test_empty_or_truncated_answers_fail_the_job_and_store_nothing(
     hostile: tuple[Extractor, ChromaStore, HostileModel]
 ) -> None:
