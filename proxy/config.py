@@ -131,8 +131,10 @@ class RetrievalSettings(_Section):
     rrf_k: int = Field(default=60, ge=1)
     tie_tolerance: float = Field(default=0.005, ge=0)
     mmr_lambda: float = Field(default=0.7, ge=0, le=1)
-    mmr_similarity_floor: float = Field(default=0.6, ge=0, lt=1)
+    mmr_similarity_floor: float = Field(default=0.8, ge=0, lt=1)
     mmr_pool: int = Field(default=3, ge=1)
+    # A strong hit lifts the turns said just before and after it in its session.
+    neighbour_weight: float = Field(default=0.2, ge=0)
     large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
 
     @model_validator(mode="after")

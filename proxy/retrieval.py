@@ -12,7 +12,8 @@ from proxy.config import RetrievalSettings
 from proxy.embedding import Embedder
 from proxy.identity import DEFAULT_TENANT
 from proxy.listing import Condition
-from proxy.ranking import RankingParams, rank_memories
+from proxy.memory import Memory
+from proxy.ranking import Neighbours, RankingParams, rank_memories
 from proxy.store import MemoryStore, ScoredMemory
 from proxy.tokens import TokenCounter, estimate_tokens
 
@@ -49,6 +50,33 @@ def build_query(messages: Sequence[Any], short_query_chars: int) -> str:
                 return f"{context}\n{text}".strip()
         return text
     return ""
+
+
+# Rows searched on each side of a memory for the turns said just before and after it: the
+# memories of one session are stored close together, nearly in order.
+NEIGHBOUR_WINDOW = 8
+
+
+def session_neighbours(memories: Sequence[Memory], created_at: np.ndarray) -> Neighbours:
+    """``neighbours(i)``: the memories of i's session said just before and just after it."""
+
+    def neighbours(i: int) -> list[int]:
+        session = memories[i].session_id
+        if session is None:
+            return []
+        at = created_at[i]
+        before = after = None
+        for j in range(max(0, i - NEIGHBOUR_WINDOW), min(len(memories), i + NEIGHBOUR_WINDOW + 1)):
+            if j == i or memories[j].session_id != session:
+                continue
+            if created_at[j] < at or (created_at[j] == at and j < i):
+                if before is None or created_at[j] >= created_at[before]:
+                    before = j
+            elif after is None or created_at[j] < created_at[after]:
+                after = j
+        return [j for j in (before, after) if j is not None]
+
+    return neighbours
 
 
 def ranking_params(settings: RetrievalSettings, include_superseded: bool) -> RankingParams:
@@ -118,6 +146,7 @@ class Retriever:
             found.dense, found.keyword, top_k,
             ranking_params(settings, include_superseded),
             created_at=found.created_at, vectors=found.vectors, eligible=eligible,
+            neighbours=session_neighbours(found.memories, found.created_at),
         )
         chosen = [
             ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
