@@ -43,6 +43,30 @@ _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _MONTHS = (
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 )
+_MONTH_NAMES = (
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december",
+)
+# A month is one term however it is written ("January", "Jan"), so a question's "5 January
+# 2024" meets the dated text's "[5 Jan 2024]".
+_CANONICAL = {
+    **{name: name[:3] for name in _MONTH_NAMES}, "sept": "sep",
+}
+# 10.01.2024 (day first) and 2024-01-10 (ISO): written as dated text writes dates.
+_DOTTED_DATE = re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{4})\b")
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
+
+
+def _spelled_date(day: str, month: str, year: str, original: str) -> str:
+    if not 1 <= int(month) <= 12 or not 1 <= int(day) <= 31:
+        return original
+    return f"{int(day)} {_MONTHS[int(month) - 1]} {year}"
+
+
+def spell_dates(text: str) -> str:
+    """Numeric dates as dated text writes them: "10.01.2024" → "10 Jan 2024"."""
+    text = _DOTTED_DATE.sub(lambda m: _spelled_date(m[1], m[2], m[3], m.group(0)), text)
+    return _ISO_DATE.sub(lambda m: _spelled_date(m[3], m[2], m[1], m.group(0)), text)
 
 
 def dated_text(text: str, created_at: float | None) -> str:
@@ -76,9 +100,11 @@ class Analyzer:
         self._lock = threading.Lock()  # Snowball stemmer objects keep per-call state
 
     def words(self, text: str) -> list[str]:
-        """Lowercased words without stopwords, before stemming."""
-        folded = unicodedata.normalize("NFKC", text).casefold()
-        return [w for w in _WORD.findall(folded) if w not in self._stopwords]
+        """Lowercased words without stopwords, before stemming; months and numeric dates
+        in one form."""
+        folded = spell_dates(unicodedata.normalize("NFKC", text)).casefold()
+        return [_CANONICAL.get(w, w) for w in _WORD.findall(folded)
+                if w not in self._stopwords]
 
     def terms(self, text: str) -> list[str]:
         words = self.words(text)

@@ -286,3 +286,12 @@ def test_empty_and_fully_superseded_inputs() -> None:
     assert empty.indices.size == 0 and empty.scores.size == 0
     gone = rank_memories(np.array([0.9]), np.array([1.0]), 5, superseded_by=["m9"])
     assert gone.indices.size == 0
+
+
+def test_a_month_is_one_term_however_written_and_numeric_dates_are_spelled() -> None:
+    analyzer = Analyzer()
+    assert analyzer.terms("5 January 2024") == analyzer.terms("5 Jan 2024") == [
+        "5", "jan", "2024"]
+    assert analyzer.terms("Sept, September") == ["sep", "sep"]
+    assert analyzer.terms("on 05.01.2024 or 2024-01-05") == analyzer.terms("5 Jan 2024") * 2
+    assert analyzer.terms("13.13.2024") == ["13", "13", "2024"]  # not a date: left alone
