@@ -81,4 +81,5 @@ def keeps_a_secret(fact: str, said: str) -> bool:
     """The user gave a secret and the fact is about a credential: the model left the value
     out ("User has an API key that should be kept for them"), but the fact only exists to keep
     the secret. Refused like the secret itself."""
-    return redact_secrets(said) != said and bool(_NAMES_CREDENTIAL.search(fact))
+    gave_one = REDACTED in said or redact_secrets(said) != said  # job rows are scrubbed already
+    return gave_one and bool(_NAMES_CREDENTIAL.search(fact))

@@ -261,6 +261,9 @@ async def test_a_fact_kept_only_to_hold_a_secret_is_refused(
     await extractor.process(turn(said))
     assert current(store) == set(SEED) | {"User deploys to Fly.io"}
     assert extractor.guard_events["rejected_empty_or_secret"] == 1
+    # The same when the job row held the user's words already scrubbed.
+    await extractor.process(turn("My API key is [redacted]. I deploy to Fly.io.", 2))
+    assert extractor.guard_events["rejected_empty_or_secret"] == 2
 
 
 async def test_empty_or_truncated_answers_fail_the_job_and_store_nothing(
