@@ -44,6 +44,12 @@ _RELATIVE_TIME = re.compile(
     r"|since|recently|soon)\b",
     re.I,
 )
+# However the analyzer writes a month ("November", "Nov", the 11 of "2026-11-26").
+_MONTH_TERMS = frozenset(t for t in ANALYZER.terms(
+    "January February March April May June July August September October November December "
+    "Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec 2000-01-01 2000-02-01 2000-03-01 2000-04-01 "
+    "2000-05-01 2000-06-01 2000-07-01 2000-08-01 2000-09-01 2000-10-01 2000-11-01 2000-12-01"
+) if not t.isdigit())
 # What our prompts add and a model may echo back: numbers in brackets, "(since …)" dates.
 _ANNOTATIONS = (
     re.compile(r"^\s*(?:\[\d+\]|\d+[.)]|[-*•])\s*"),
@@ -132,7 +138,7 @@ def grounding(fact: str, user_words: str) -> float:
     have = terms(user_words)
     want = terms(fact)
     if _RELATIVE_TIME.search(user_words):
-        want = {t for t in want if not t.isdigit()}
+        want = {t for t in want if not t.isdigit() and t not in _MONTH_TERMS}
     specific = want - _GENERIC
     if not specific:
         return 1.0 if want and want <= have else 0.0
