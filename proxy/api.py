@@ -30,6 +30,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.extraction import ExtractionFailed, Extractor
+from proxy.forget_fence import work_started
 from proxy.identity import Identity, check_id
 from proxy.job_queue import JobQueue
 from proxy.jobs import ExtractionJob
@@ -307,10 +308,14 @@ class MemoriesAPI:
                 "upstream.api_key", param="infer",
             )
         try:
-            stored: list[Memory] = await extractor.process(job)
+            # In flight like a job: a forget of this user meanwhile drops its writes.
+            with work_started(time.time()):
+                stored: list[Memory] = await extractor.process(job)
         except ExtractionFailed as exc:
             raise UpstreamError(f"extraction failed: {exc}") from exc
-        return stored
+        # What the store really holds: a forget meanwhile dropped the writes.
+        kept = [m for m in stored if await self.run(self.s.store.get, m.id) is not None]
+        return kept
 
     async def get(self, request: Request) -> Response:
         memory = await self.memory_in_scope(request, self.scope(request))

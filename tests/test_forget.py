@@ -11,6 +11,7 @@ import httpx
 from conftest import HashingEmbedder, wait_until
 from fake_upstream import FakeUpstream
 from http_checks import chat, memories_of
+from pydantic import SecretStr
 from servers import ThreadedServer
 from test_jobs_http import metric
 
@@ -103,3 +104,24 @@ def test_a_chat_in_flight_when_its_user_is_forgotten_is_not_remembered(
     assert answered and answered[0].status_code == 200
     wait_until(lambda: metric(proxy.base_url, COMPLETED) == 1)
     assert memories_of(proxy.base_url, "kai") == []
+
+
+def test_a_memory_api_infer_in_flight_when_its_user_is_forgotten_writes_nothing(
+    settings: Settings, upstream: FakeUpstream, start_proxy: Callable[..., ThreadedServer]
+) -> None:
+    settings.extraction.mode = "llm"
+    settings.upstream.api_key = SecretStr("sk-upstream")  # infer=true needs a key of its own
+    proxy = start_proxy(settings)
+    upstream.extraction_delay = 60
+    answered: list[httpx.Response] = []
+    body = {"user_id": "ida", "text": "I keep bees in Oslo.", "model": "m"}
+    posting = threading.Thread(target=lambda: answered.append(
+        httpx.post(f"{proxy.base_url}/v1/memories", json=body, timeout=30)))
+    posting.start()
+    wait_until(upstream.extraction_requests, timeout=20)  # the model call is in flight
+    assert httpx.delete(f"{proxy.base_url}/v1/users/ida").status_code == 200
+    upstream.extraction_delay = 0
+    posting.join(20)
+    assert memories_of(proxy.base_url, "ida") == []
+    assert answered and answered[0].status_code == 200, answered[0].text
+    assert answered[0].json()["data"] == []
