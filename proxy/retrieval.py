@@ -146,7 +146,9 @@ class Retriever:
             found.dense, found.keyword, top_k,
             ranking_params(settings, include_superseded),
             created_at=found.created_at, vectors=found.vectors, eligible=eligible,
-            neighbours=session_neighbours(found.memories, found.created_at),
+            # Rows in store order only for a cached owner (a large owner's are the nearest).
+            neighbours=session_neighbours(found.memories, found.created_at)
+            if found.complete else None,
         )
         chosen = [
             ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
