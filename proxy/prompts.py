@@ -12,8 +12,9 @@ Everything a model returns is checked in proxy/guards.py before it may change me
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
+
+from proxy.markup import neutralise_markup
 
 FACTS_SYSTEM = """\
 You write down facts about a user from what the user wrote in a chat.
@@ -62,14 +63,6 @@ RELATION_SCHEMA: dict[str, object] = {
     "additionalProperties": False,
 }
 
-# Line and paragraph separators of every kind: a text shown in a prompt stays on its line.
-_LINE_BREAKS = re.compile(r"[\r\n\v\f\u0085\u2028\u2029]+")
-
-
-def one_line(text: str) -> str:
-    return " ".join(_LINE_BREAKS.sub(" ", text).split())
-
-
 def schema_reminder(schema: dict[str, object]) -> str:
     return (
         "Answer with one JSON object only, no prose, no code fences, matching this JSON "
@@ -83,12 +76,12 @@ def facts_prompt(statements: Sequence[str]) -> str:
     No date: a small model given one turned "last week" into a wrong date; the memory's own
     ``created_at`` (shown with it, keyword-indexed) anchors relative dates instead.
     """
-    return "\n".join(f"user: {one_line(s)}" for s in statements)
+    return "\n".join(f"user: {neutralise_markup(s)}" for s in statements)
 
 
 def relation_prompt(old: str, new: str, user_words: str) -> str:
     return "\n".join([
-        f"OLD: {one_line(old)}",
-        f"NEW: {one_line(new)}",
-        f"The user said: {one_line(user_words)[:1000]}",
+        f"OLD: {neutralise_markup(old)}",
+        f"NEW: {neutralise_markup(new)}",
+        f"The user said: {neutralise_markup(user_words)[:1000]}",
     ])
