@@ -165,6 +165,9 @@ class Extractor:
             if fact is None or keeps_a_secret(fact, user_words):
                 events["rejected_empty_or_secret"] += 1
                 continue
+            if len(fact) > self._settings.store.max_memory_chars:
+                events["rejected_too_long"] += 1  # the store would refuse it anyway
+                continue
             if grounded and fact != " ".join(text.split()).rstrip(" ."):
                 events["rewritten"] += 1
             if grounded and grounding(fact, user_words) < self._settings.extraction.min_grounding:

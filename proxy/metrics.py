@@ -107,6 +107,7 @@ def render_extraction_usage(usage: Mapping[str, int]) -> list[str]:
 
 GUARD_EVENTS = (
     "no_statement", "rejected_not_grounded", "rejected_duplicate", "rejected_empty_or_secret",
+    "rejected_too_long",
     "rejected_forgotten", "rewritten", "same_to_add_says_more", "supersede_to_add_additive",
     "update_to_add_would_lose", "relation_unusable", "forget_partial", "forget_unresolved",
 )

@@ -266,6 +266,20 @@ async def test_a_fact_kept_only_to_hold_a_secret_is_refused(
     assert extractor.guard_events["rejected_empty_or_secret"] == 2
 
 
+async def test_raw_statements_longer_than_a_memory_may_be_are_not_stored(
+    settings: Settings, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    settings.store.max_memory_chars = 40
+    embedder = HashingEmbedder()
+    store = ChromaStore(settings.store, tmp_path / "data", embedder.dimension)
+    extractor = Extractor(settings, embedder, store)
+    job = turn("I keep bees.", 1)
+    job.user_texts.append("I like sentences that go on " * 3)  # a second message, too long
+    await extractor.process(job)
+    assert current(store) == {"I keep bees."}
+    assert extractor.guard_events["rejected_too_long"] == 1
+
+
 async def test_empty_or_truncated_answers_fail_the_job_and_store_nothing(
     hostile: tuple[Extractor, ChromaStore, HostileModel]
 ) -> None:
