@@ -28,3 +28,15 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> fl
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate, then kill what has not exited after 15 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()

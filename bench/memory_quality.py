@@ -62,7 +62,7 @@ from _results import (
     percentiles,
     write_results,
 )
-from _servers import free_port, wait_ready
+from _servers import free_port, stop, wait_ready
 
 SCRIPTS = Path(__file__).resolve().parent / "data" / "memory_quality.json"
 CACHE_DIR = RESULTS_DIR / ".cache"
@@ -188,17 +188,6 @@ def start_proxy(
         log = (logs / "memory_quality-proxy.log").read_text(errors="replace").splitlines()
         raise RuntimeError(f"{exc}; the proxy log ends:\n" + "\n".join(log[-15:])) from None
     return proxy, url
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -54,7 +54,7 @@ from _results import (
     percentiles,
     write_results,
 )
-from _servers import free_port, wait_ready
+from _servers import free_port, stop, wait_ready
 
 # The proxy package beside this bench/ (not whichever checkout the venv has installed).
 sys.path.insert(0, str(REPO_ROOT))
@@ -219,17 +219,6 @@ def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[byt
     )
     fake_url, proxy_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{proxy_port}"
     return [fake, proxy], fake_url, proxy_url
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 # -- load generation ---------------------------------------------------------------------------
