@@ -1,4 +1,4 @@
-"""Chroma's side of the store: client settings, the layout record, records read back.
+"""Chroma's side of the store: the layout record, the shard collections, records read back.
 
 The layout itself is explained in proxy/store.py, which opens the client and is the only
 module that imports chromadb (this one works on the client it is handed). Every record's
@@ -9,8 +9,10 @@ metadata carries ``owner`` (proxy/memory.py ``owner_key``), so an owner's memori
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
+from proxy.identity import DEFAULT_TENANT
 from proxy.memory import Memory, Owner, owner_key
 
 log = logging.getLogger("memproxy.store")
@@ -30,6 +32,40 @@ def stored_shards(client: Any, wanted: int) -> int:
             wanted, stored, stored,
         )
     return stored
+
+
+def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
+    key = user_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{user_id}"
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
+
+
+class Shards:
+    """The store's ``count`` shard collections (cosine space), opened on first use."""
+
+    def __init__(self, client: Any, wanted: int):
+        self._client = client
+        self.count = stored_shards(client, wanted)
+        self._collections: dict[int, Any] = {}
+
+    def of(self, owner: Owner) -> int:
+        return shard_of(owner[1], self.count, owner[0])
+
+    def collection_at(self, shard: int) -> Any:
+        found = self._collections.get(shard)
+        if found is None:
+            found = self._client.get_or_create_collection(
+                f"memories_{shard:04d}",
+                metadata={"hnsw:space": "cosine"},
+                embedding_function=None,
+            )
+            self._collections[shard] = found
+        return found
+
+    def collection(self, owner: Owner) -> Any:
+        return self.collection_at(self.of(owner))
+
+    def close(self) -> None:
+        self._collections.clear()
 
 
 def owner_where(owner: Owner) -> dict[str, Any]:

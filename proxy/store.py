@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.chroma import memories_from, owner_where, stored_shards
+from proxy.chroma import Shards, memories_from, owner_where, shard_of
 from proxy.config import StoreSettings
 from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
@@ -65,11 +64,6 @@ __all__ = [
 log = logging.getLogger("memproxy.store")
 
 
-def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
-    key = user_id if tenant == DEFAULT_TENANT else f"{tenant}\x00{user_id}"
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
-
-
 class ChromaStore:
     def __init__(self, settings: StoreSettings, data_dir: Path, dimension: int):
         import chromadb
@@ -92,15 +86,14 @@ class ChromaStore:
                 self._client = chromadb.PersistentClient(
                     path=str(path), settings=chroma_settings
                 )
-            self._shards = stored_shards(self._client, settings.shards)
-            self._collections: dict[int, Any] = {}
+            self._shards = Shards(self._client, settings.shards)
             self._max_batch = max(1, int(self._client.get_max_batch_size()))
             self.history = MemoryHistory(database_path(data_dir))
         except MemoryUnavailable:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
-        self._cache = OwnerCache(settings, self._shards)
+        self._cache = OwnerCache(settings, self._shards.count)
         self._writes = threading.RLock()
         self._forgets = ForgetLog()
 
@@ -119,31 +112,14 @@ class ChromaStore:
             return True
         return False
 
-    def _shard(self, owner: Owner) -> int:
-        return shard_of(owner[1], self._shards, owner[0])
-
-    def _collection_at(self, shard: int) -> Any:
-        found = self._collections.get(shard)
-        if found is None:
-            found = self._client.get_or_create_collection(
-                f"memories_{shard:04d}",
-                metadata={"hnsw:space": "cosine"},
-                embedding_function=None,
-            )
-            self._collections[shard] = found
-        return found
-
-    def _collection(self, owner: Owner) -> Any:
-        return self._collection_at(self._shard(owner))
-
     # -- cache -----------------------------------------------------------------
     def _load(self, owner: Owner) -> UserIndex | None:
         """The owner's index, from cache or Chroma; None when too large to cache."""
-        shard = self._shard(owner)
+        shard = self._shards.of(owner)
         index, too_large, writes = self._cache.lookup(owner, shard)
         if index is not None or too_large:
             return index
-        got = self._collection_at(shard).get(
+        got = self._shards.collection_at(shard).get(
             where=owner_where(owner), include=["embeddings", "documents", "metadatas"]
         )
         ids = got["ids"]
@@ -162,7 +138,7 @@ class ChromaStore:
 
     def _changed(self, owner: Owner, change: Callable[[UserIndex], None] | None = None) -> None:
         """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
-        self._cache.changed(owner, self._shard(owner), change)
+        self._cache.changed(owner, self._shards.of(owner), change)
 
     def _read(self, work: Any, *args: Any) -> Any:
         try:
@@ -176,7 +152,7 @@ class ChromaStore:
         index = self._load(owner)
         if index is not None:
             return list(index.memories)
-        return memories_from(self._collection(owner).get(
+        return memories_from(self._shards.collection(owner).get(
             where=owner_where(owner), include=["documents", "metadatas"]
         ))
 
@@ -202,10 +178,10 @@ class ChromaStore:
         # call has a fixed cost of several ms, which dominates bulk writes of many owners.
         by_shard: dict[int, list[int]] = {}
         for i, memory in enumerate(memories):
-            by_shard.setdefault(self._shard(memory.owner), []).append(i)
+            by_shard.setdefault(self._shards.of(memory.owner), []).append(i)
         try:
             for shard, rows in by_shard.items():
-                collection = self._collection_at(shard)
+                collection = self._shards.collection_at(shard)
                 write = collection.upsert if upsert else collection.add
                 for start in range(0, len(rows), self._max_batch):
                     part = rows[start : start + self._max_batch]
@@ -243,7 +219,7 @@ class ChromaStore:
                 # Documents only with their vectors: Chroma would embed a lone document itself.
                 kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
                 kwargs["documents"] = [memory.text]
-            self._collection(memory.owner).update(
+            self._shards.collection(memory.owner).update(
                 ids=[memory.id], metadatas=[memory.record_metadata(for_update=True)], **kwargs
             )
         except Exception as exc:
@@ -308,7 +284,7 @@ class ChromaStore:
             if memory is None or self._refused(memory.owner):
                 return None
             try:
-                self._collection(memory.owner).delete(ids=[memory_id])
+                self._shards.collection(memory.owner).delete(ids=[memory_id])
             except Exception as exc:
                 raise MemoryUnavailable(f"store write failed: {exc}") from exc
             self._changed(memory.owner, lambda index: index.remove([memory_id]))
@@ -327,7 +303,7 @@ class ChromaStore:
         with self._writes:
             self._forgets.forgot(owner)
             try:
-                collection = self._collection(owner)
+                collection = self._shards.collection(owner)
                 ids = collection.get(where=owner_where(owner), include=[])["ids"]
                 for start in range(0, len(ids), self._max_batch):
                     collection.delete(ids=ids[start : start + self._max_batch])
@@ -368,10 +344,10 @@ class ChromaStore:
         cached = self._cache.find(owner, memory_id) if owner else None
         if cached is not None:
             return cached
-        shards = [self._shard(owner)] if owner else range(self._shards)
+        shards = [self._shards.of(owner)] if owner else range(self._shards.count)
         for shard in shards:  # no history row (an older store): look in every shard
             got = self._read(
-                lambda s=shard: self._collection_at(s).get(
+                lambda s=shard: self._shards.collection_at(s).get(
                     ids=[memory_id], include=["documents", "metadatas"]
                 )
             )
@@ -387,7 +363,7 @@ class ChromaStore:
         index = self._read(self._load, owner)
         if index is None:
             return self._read(lambda: search_collection(
-                self._collection(owner), owner, vector, k, filters, include_superseded
+                self._shards.collection(owner), owner, vector, k, filters, include_superseded
             ))
         return search_index(index, vector, k, filters, include_superseded)
 
@@ -406,7 +382,7 @@ class ChromaStore:
         index = self._read(self._load, owner)
         if index is None:
             return self._read(lambda: collection_candidates(
-                self._collection(owner), owner, vector, query, filters, include_superseded,
+                self._shards.collection(owner), owner, vector, query, filters, include_superseded,
                 pool, self._cache.analyzer,
             ))
         return index_candidates(index, vector, query, filters, include_superseded)
@@ -440,7 +416,7 @@ class ChromaStore:
         index = self._read(self._load, owner)
         if index is not None:
             return len(index.memories) - index.superseded
-        got = self._read(lambda: self._collection(owner).get(
+        got = self._read(lambda: self._shards.collection(owner).get(
             where=owner_where(owner), include=["metadatas"]
         ))
         return sum(1 for meta in got["metadatas"] if not (meta or {}).get("superseded_by"))
@@ -451,5 +427,5 @@ class ChromaStore:
 
     def close(self) -> None:
         self._cache.clear()
-        self._collections.clear()
+        self._shards.close()
         self.history.close()
