@@ -36,7 +36,7 @@ import uvicorn
 
 from proxy.app import create_app
 from proxy.config import EmbeddingSettings, load_settings
-from proxy.embedding import SentenceTransformerEmbedder
+from proxy.memory.embedding import SentenceTransformerEmbedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_KEY = "bench-admin-key"

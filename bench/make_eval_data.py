@@ -17,7 +17,7 @@ line, one line per synthetic user:
                  gold_turns, superseded_memories}]          temporal, updated, paraphrase
 
 gold_turns are the user turns holding the evidence (the raw-turns mode retrieves user turns).
-Paraphrase questions share no index term (proxy.keyword.Analyzer) with their gold memory;
+Paraphrase questions share no index term (proxy.memory.keyword.Analyzer) with their gold memory;
 that is asserted here. Values come from banks so that users differ: names, cities, jobs,
 stacks, pets, foods, habits, trips.
 """
@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy.keyword import Analyzer  # noqa: E402
+from proxy.memory.keyword import Analyzer  # noqa: E402
 
 SEED = 20240504
 USERS = 24

@@ -160,8 +160,8 @@ def unique_questions(seed: int) -> Iterator[str]:
 # -- populating the store (in a child process, so only the proxy holds Chroma open) --------
 def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
     from proxy.config import EmbeddingSettings, StoreSettings
-    from proxy.embedding import SentenceTransformerEmbedder
-    from proxy.store import ChromaStore, Memory
+    from proxy.memory.embedding import SentenceTransformerEmbedder
+    from proxy.memory.store import ChromaStore, Memory
 
     started = time.perf_counter()
     # Exports the ONNX model into the cache (the proxy loads it from there) on the first run.

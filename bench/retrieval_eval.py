@@ -18,8 +18,8 @@ Two modes over the same users and questions:
          of the held-out public benchmark); gold = the turns holding the evidence.
 
 Methods: ``dense`` (all-MiniLM-L6-v2 cosine, the real model, ONNX, offline), ``keyword``
-(proxy.keyword BM25; only memories sharing a term are retrieved), ``hybrid``
-(proxy.ranking.rank_memories with its default RankingParams), ``hybrid, live Retriever``
+(proxy.memory.keyword BM25; only memories sharing a term are retrieved), ``hybrid``
+(proxy.memory.ranking.rank_memories with its default RankingParams), ``hybrid, live Retriever``
 (the proxy's own code path: ChromaStore + Retriever, default settings) and a few ablations. Reports
 recall@1/5/10 (share of a question's gold found in the top k), MRR@k, per-category numbers,
 "current above superseded" for the updated category (ranked with superseded memories left
@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from proxy.config import EmbeddingSettings  # noqa: E402
-from proxy.embedding import DEFAULT_MODEL_LABEL, SentenceTransformerEmbedder  # noqa: E402
-from proxy.keyword import Analyzer, KeywordIndex  # noqa: E402
-from proxy.ranking import RankingParams, eligible_mask, rank_memories  # noqa: E402
+from proxy.memory.embedding import DEFAULT_MODEL_LABEL, SentenceTransformerEmbedder  # noqa: E402
+from proxy.memory.keyword import Analyzer, KeywordIndex  # noqa: E402
+from proxy.memory.ranking import RankingParams, eligible_mask, rank_memories  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "retrieval_eval.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -206,8 +206,8 @@ def live_ranker(corpora: dict[str, Corpus], queries: list[Query], workdir: Path)
     (evidence gating above the core, fusion, recency, MMR) with the default settings; only
     the query embedding is looked up instead of computed (its cost is added like the others')."""
     from proxy.config import RetrievalSettings, StoreSettings
-    from proxy.retrieval import Retriever
-    from proxy.store import ChromaStore, Memory
+    from proxy.memory.retrieval import Retriever
+    from proxy.memory.store import ChromaStore, Memory
 
     dimension = next(iter(corpora.values())).vectors.shape[1]
     store = ChromaStore(StoreSettings(shards=4), workdir, dimension)

@@ -81,13 +81,13 @@ def timed_ms(fn: Any) -> tuple[float, Any]:
 class Ours:
     def __init__(self, path: Path):
         from proxy.config import StoreSettings
-        from proxy.store import ChromaStore
+        from proxy.memory.store import ChromaStore
 
         self.path = path
         self.store = ChromaStore(StoreSettings(), path, DIM)
 
     def add(self, users: list[str], ids: list[str], vectors: np.ndarray) -> None:
-        from proxy.store import Memory
+        from proxy.memory.store import Memory
 
         memories = [
             Memory(user_id=user, text=f"memory {mid} of {user}: some remembered fact",
@@ -98,7 +98,7 @@ class Ours:
 
     def measure(self, queries: np.ndarray, warm_n: int, cold_n: int) -> dict[str, Any]:
         from proxy.config import StoreSettings
-        from proxy.store import ChromaStore
+        from proxy.memory.store import ChromaStore
 
         # A second store on the same data whose cache entries expire at once: every search is
         # a first touch (load the user from its shard, then search).

@@ -18,24 +18,24 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from proxy.access_log import AccessLog
-from proxy.api import MemoriesAPI, MemoryServices
-from proxy.auth import open_authenticator
-from proxy.chat import ChatCompletions, ChatServices
+from proxy.api.memories import MemoriesAPI, MemoryServices
+from proxy.api.routes import memory_routes
 from proxy.config import Settings
-from proxy.db import database_path
-from proxy.embedding import Embedder, SentenceTransformerEmbedder
 from proxy.errors import MemoryUnavailable, ProxyError, error_body
-from proxy.extraction import Extractor
+from proxy.extraction.extractor import Extractor
+from proxy.extraction.queue import JobQueue
+from proxy.extraction.workers import ExtractionWorkers
+from proxy.gateway.auth import open_authenticator
+from proxy.gateway.chat import ChatCompletions, ChatServices
+from proxy.gateway.passthrough import Passthrough
+from proxy.gateway.providers import load_litellm
+from proxy.gateway.upstream import HttpUpstream
 from proxy.health import readiness
-from proxy.job_queue import JobQueue
-from proxy.memory_routes import memory_routes
+from proxy.memory.embedding import Embedder, SentenceTransformerEmbedder
+from proxy.memory.retrieval import Retriever
+from proxy.memory.store import ChromaStore, MemoryStore
 from proxy.metrics import Metrics, render_job_metrics
-from proxy.passthrough import Passthrough
-from proxy.providers import load_litellm
-from proxy.retrieval import Retriever
-from proxy.store import ChromaStore, MemoryStore
-from proxy.upstream import HttpUpstream
-from proxy.workers import ExtractionWorkers
+from proxy.state.sqlite import database_path
 
 log = logging.getLogger("memproxy")
 

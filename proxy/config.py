@@ -116,7 +116,7 @@ class StoreSettings(_Section):
 
 
 class RetrievalSettings(_Section):
-    """Hybrid ranking (proxy/ranking.py): dense + BM25 fused, recency on ties, then MMR."""
+    """Hybrid ranking (proxy/memory/ranking.py): dense + BM25 fused, recency on ties, then MMR."""
 
     top_k: int = Field(default=8, ge=1)
     # Users with more memories: a memory needs a query term or at least this cosine.
@@ -152,7 +152,7 @@ class ExtractionSettings(_Section):
     max_facts: int = Field(default=10, ge=1)
     duplicate_threshold: float = Field(default=0.92, ge=-1, le=1)  # cosine
     timeout: float = Field(default=120.0, gt=0)
-    # guarded: the model's candidate facts and relations, checked (proxy/guards.py);
+    # guarded: the model's candidate facts and relations, checked (proxy/extraction/guards.py);
     # add_only: new facts are only ever added (no update / supersede), for the weakest models.
     decisions: Literal["guarded", "add_only"] = "guarded"
     min_grounding: float = Field(default=0.5, ge=0, le=1)  # share of a fact the user said

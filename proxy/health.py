@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import anyio
 
-from proxy.chat import ChatServices
+from proxy.gateway.chat import ChatServices
 
 PROBE_USER = "memproxy-readiness-probe"
 PROBE_TIMEOUT_SECONDS = 1.0

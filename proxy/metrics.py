@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from proxy.jobs import JobStats
+from proxy.extraction.jobs import JobStats
 
 JOB_EVENTS = (
     "enqueued", "duplicates", "enqueue_failures", "completed", "attempt_failures", "dead",
@@ -114,7 +114,7 @@ GUARD_EVENTS = (
 
 
 def render_guard_events(events: Mapping[str, int]) -> list[str]:
-    """What the extraction guards refused or changed (proxy/guards.py), by event."""
+    """What the extraction guards refused or changed (proxy/extraction/guards.py), by event."""
     lines = [
         "# HELP memproxy_extraction_guard_total Model proposals the guards refused or changed, "
         "and turns that needed no model (no_statement).",

@@ -14,7 +14,7 @@ from servers import ThreadedServer
 
 from proxy.app import create_app
 from proxy.config import EmbeddingSettings, Settings, load_settings
-from proxy.embedding import SentenceTransformerEmbedder
+from proxy.memory.embedding import SentenceTransformerEmbedder
 
 
 class HashingEmbedder:

@@ -1,7 +1,7 @@
 """``memproxy serve`` as a real process for crash tests, minus the 10-second model load.
 
 The same settings (config.yaml + MEMPROXY_* environment), app factory, uvicorn options and
-signal handling as ``proxy.cli``; only the embedder is the deterministic hashing one. With
+signal handling as ``proxy.cli.main``; only the embedder is the deterministic hashing one. With
 ``PROXY_TEST_SLOW_APPLY=<seconds>``, embedding a batch of texts that mention "(slow)"
 takes that long: storing a raw exchange of several messages becomes a point a test can hit.
 Usage: python tests/proxy_process.py

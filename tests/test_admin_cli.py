@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from servers import ThreadedServer
 
-from proxy.cli import main
-from proxy.db import database_path
-from proxy.keys import KeyStore
+from proxy.cli.main import main
+from proxy.gateway.keys import KeyStore
+from proxy.state.sqlite import database_path
 
 
 def test_memories_and_users_commands(

@@ -23,7 +23,7 @@ from http_checks import (
 )
 from servers import ThreadedServer
 
-from proxy.injection import PREAMBLE
+from proxy.memory.injection import PREAMBLE
 
 
 @pytest.fixture(scope="module")

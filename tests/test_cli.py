@@ -17,7 +17,7 @@ from conftest import wait_until
 from fake_upstream import FakeUpstream
 
 from proxy import __version__
-from proxy.cli import SERVE_FLAGS, build_parser, main
+from proxy.cli.main import SERVE_FLAGS, build_parser, main
 from proxy.config import load_settings
 
 

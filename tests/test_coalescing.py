@@ -10,14 +10,14 @@ from conftest import HashingEmbedder
 from fake_upstream import FakeUpstream
 
 from proxy.config import JobSettings, Settings
-from proxy.db import database_path
-from proxy.extraction import Extractor
-from proxy.identity import Identity
-from proxy.job_queue import JobQueue
-from proxy.jobs import ExtractionJob
+from proxy.extraction.extractor import Extractor
+from proxy.extraction.jobs import ExtractionJob
+from proxy.extraction.queue import JobQueue
+from proxy.extraction.workers import ExtractionWorkers
+from proxy.gateway.identity import Identity
+from proxy.memory.store import ChromaStore
 from proxy.metrics import Metrics
-from proxy.store import ChromaStore
-from proxy.workers import ExtractionWorkers
+from proxy.state.sqlite import database_path
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +105,7 @@ async def test_a_replayed_head_claims_exactly_the_jobs_it_merged(tmp_path: Path)
     assert head is not None
     followers = queue.claim_followers(head, "w1")
     assert [f.user_texts for f in followers] == [["t1"], ["t2"]]
-    from proxy.jobs import ExtractionResult
+    from proxy.extraction.jobs import ExtractionResult
 
     queue.save_result(head.id, "w1", ExtractionResult(["x"], "llm", merged=[followers[0].id]))
     time.sleep(0.02)  # w1 dies: its leases expire

@@ -23,7 +23,7 @@ from fake_upstream import FakeUpstream
 from http_checks import memories_of
 from test_cli import free_port
 
-from proxy.db import database_path
+from proxy.state.sqlite import database_path
 
 HARNESS = Path(__file__).with_name("proxy_process.py")
 KEY_BEFORE_CRASH = "sk-CRASH-TEST-KEY-1"

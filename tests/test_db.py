@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.db import MIGRATIONS, connect, migrate
+from proxy.state.sqlite import MIGRATIONS, connect, migrate
 
 STEPS = (
     ("0001_a", "CREATE TABLE a (x INTEGER);\nCREATE INDEX a_x ON a (x);"),

@@ -8,11 +8,11 @@ from conftest import HashingEmbedder
 from fake_upstream import FakeUpstream
 
 from proxy.config import Settings
-from proxy.extraction import ExtractionFailed, Extractor
-from proxy.identity import Identity
-from proxy.jobs import ExtractionJob
-from proxy.operations import parse_facts, parse_relation
-from proxy.store import ChromaStore, Memory
+from proxy.extraction.extractor import ExtractionFailed, Extractor
+from proxy.extraction.jobs import ExtractionJob
+from proxy.extraction.operations import parse_facts, parse_relation
+from proxy.gateway.identity import Identity
+from proxy.memory.store import ChromaStore, Memory
 
 pytestmark = pytest.mark.anyio
 

@@ -17,9 +17,9 @@ from fake_upstream import FakeUpstream
 from http_checks import CHAT_PATH, closed_port, forwarded_chats, injected_positions, sdk
 
 from proxy.config import Settings
-from proxy.db import database_path
 from proxy.errors import MemoryUnavailable
-from proxy.store import Candidates, Memory, ScoredMemory
+from proxy.memory.store import Candidates, Memory, ScoredMemory
+from proxy.state.sqlite import database_path
 
 
 class FailingStore:

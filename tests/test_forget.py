@@ -16,7 +16,7 @@ from servers import ThreadedServer
 from test_jobs_http import metric
 
 from proxy.config import Settings, StoreSettings
-from proxy.store import ChromaStore, Memory
+from proxy.memory.store import ChromaStore, Memory
 
 COMPLETED = 'memproxy_job_events_total{event="completed"}'
 

@@ -10,8 +10,8 @@ from fake_upstream import FakeUpstream
 from hostile_model import HostileModel
 
 from proxy.config import Settings
-from proxy.extraction import Extractor
-from proxy.guards import (
+from proxy.extraction.extractor import Extractor
+from proxy.extraction.guards import (
     forget_matches,
     forget_terms,
     grounding,
@@ -19,11 +19,11 @@ from proxy.guards import (
     same_topic,
     without_target,
 )
-from proxy.identity import Identity
-from proxy.jobs import ExtractionJob
-from proxy.operations import ExtractionFailed
-from proxy.statements import classify, statements_of
-from proxy.store import ChromaStore, Memory
+from proxy.extraction.jobs import ExtractionJob
+from proxy.extraction.operations import ExtractionFailed
+from proxy.extraction.statements import classify, statements_of
+from proxy.gateway.identity import Identity
+from proxy.memory.store import ChromaStore, Memory
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from proxy.config import RetrievalSettings, StoreSettings
-from proxy.retrieval import Retriever
-from proxy.store import ChromaStore, Memory
+from proxy.memory.retrieval import Retriever
+from proxy.memory.store import ChromaStore, Memory
 
 CONCEPTS = {
     "car": ("drive", "car", "tesla", "vehicle", "commute", "model"),
@@ -127,7 +127,7 @@ def test_newer_memory_wins_a_tie_and_limit_filters_apply(tmp_path: Path) -> None
               embedder.embed(same))
     found = retriever(store, mmr_lambda=1.0).retrieve("u", "hiking")
     assert [hit.memory.id for hit in found] == ["new", "old"]
-    from proxy.listing import parse_filters
+    from proxy.memory.listing import parse_filters
 
     only_a = retriever(store).retrieve("u", "hiking", filters=parse_filters({"session_id": "a"}))
     assert [hit.memory.id for hit in only_a] == ["old"]
@@ -151,7 +151,7 @@ def test_budget_uses_the_models_tokenizer_only_once_warm(monkeypatch: pytest.Mon
 
     from conftest import wait_until
 
-    from proxy.tokens import TokenCounter, estimate_tokens
+    from proxy.memory.tokens import TokenCounter, estimate_tokens
 
     counter = TokenCounter()
     monkeypatch.delitem(sys.modules, "litellm", raising=False)

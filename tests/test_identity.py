@@ -4,7 +4,7 @@ import pytest
 
 from proxy.config import IdentitySettings
 from proxy.errors import InvalidHeader, InvalidRequest
-from proxy.identity import resolve_identity
+from proxy.gateway.identity import resolve_identity
 
 SETTINGS = IdentitySettings(user_headers=["X-OpenWebUI-User-Id", "X-User-Id"])
 

@@ -5,9 +5,9 @@ from pathlib import Path
 from conftest import HashingEmbedder
 
 from proxy.config import RetrievalSettings, StoreSettings
-from proxy.injection import BLOCK_CLOSE, inject_memory_block, render_memory_block
-from proxy.retrieval import Retriever, build_query, estimate_tokens, message_text
-from proxy.store import ChromaStore, Memory, ScoredMemory
+from proxy.memory.injection import BLOCK_CLOSE, inject_memory_block, render_memory_block
+from proxy.memory.retrieval import Retriever, build_query, estimate_tokens, message_text
+from proxy.memory.store import ChromaStore, Memory, ScoredMemory
 
 
 def scored(text: str, score: float = 0.5) -> ScoredMemory:

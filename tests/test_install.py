@@ -61,7 +61,7 @@ def test_distribution_name_is_not_the_taken_one() -> None:
     """'memproxy' on PyPI is an unrelated project: `pip install memproxy` installs that."""
     text = (ROOT / "pyproject.toml").read_text()
     assert '\nname = "memproxy-server"\n' in text
-    assert 'memproxy = "proxy.cli:main"' in text  # the command keeps its name
+    assert 'memproxy = "proxy.cli.main:main"' in text  # the command keeps its name
     install = (ROOT / "scripts" / "install").read_text()
     assert "pip uninstall --quiet --yes memproxy" in install  # a pre-rename venv is cleaned
 

@@ -28,8 +28,8 @@ from servers import ThreadedServer
 
 from proxy.app import create_app
 from proxy.config import load_settings
-from proxy.db import database_path
-from proxy.keys import KeyStore
+from proxy.gateway.keys import KeyStore
+from proxy.state.sqlite import database_path
 
 TENANTS = ("A", "B")
 USERS = ("u1", "u2", "u3")

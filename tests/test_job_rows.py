@@ -9,9 +9,9 @@ from pathlib import Path
 from test_jobs import Clock, job
 
 from proxy.config import JobSettings
-from proxy.db import database_path
-from proxy.job_queue import JobQueue
-from proxy.jobs import ExtractionResult
+from proxy.extraction.jobs import ExtractionResult
+from proxy.extraction.queue import JobQueue
+from proxy.state.sqlite import database_path
 
 SECRET_TEXT = "my password hunter2 and card 4111 1111 1111 1111, key sk-proj-abcdefghijklmnop1234"
 

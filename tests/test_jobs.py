@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from proxy.config import JobSettings
-from proxy.db import database_path
-from proxy.identity import Identity
-from proxy.job_queue import JobQueue
-from proxy.jobs import ExtractionJob, ExtractionResult, exchange_hash
+from proxy.extraction.jobs import ExtractionJob, ExtractionResult, exchange_hash
+from proxy.extraction.queue import JobQueue
+from proxy.gateway.identity import Identity
+from proxy.state.sqlite import database_path
 
 
 class Clock:

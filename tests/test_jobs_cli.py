@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.main import main
 from proxy.config import JobSettings
-from proxy.db import database_path
-from proxy.identity import Identity
-from proxy.job_queue import JobQueue
-from proxy.jobs import ExtractionJob, ExtractionResult
+from proxy.extraction.jobs import ExtractionJob, ExtractionResult
+from proxy.extraction.queue import JobQueue
+from proxy.gateway.identity import Identity
+from proxy.state.sqlite import database_path
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -14,10 +14,10 @@ from http_checks import assert_openai_error, injected_positions, sdk
 from pydantic import SecretStr
 from servers import ThreadedServer
 
-from proxy.auth import sign_user_id
 from proxy.config import ConfigError, Settings, load_settings
-from proxy.db import database_path
-from proxy.keys import KeyStore
+from proxy.gateway.auth import sign_user_id
+from proxy.gateway.keys import KeyStore
+from proxy.state.sqlite import database_path
 
 UPSTREAM_KEY = "sk-held-by-the-proxy"
 
@@ -150,8 +150,8 @@ def test_signed_user_ids(
 def test_identity_with_a_tenant_round_trips_through_a_job_row() -> None:
     from dataclasses import asdict
 
-    from proxy.identity import Identity
-    from proxy.jobs import identity_from_json, owner_of
+    from proxy.extraction.jobs import identity_from_json, owner_of
+    from proxy.gateway.identity import Identity
 
     identity = Identity("u1", "agent", "s", "read", tenant="A")
     assert Identity(**asdict(identity)) == identity

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from proxy.keyword import Analyzer, KeywordIndex, dated_text
-from proxy.ranking import (
+from proxy.memory.keyword import Analyzer, KeywordIndex, dated_text
+from proxy.memory.ranking import (
     RankingParams,
     eligible_mask,
     minmax,

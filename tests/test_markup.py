@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import ThreadedServer
 
-from proxy.injection import BLOCK_CLOSE, BLOCK_OPEN, render_memory_block
-from proxy.markup import neutralise_markup
-from proxy.store import Memory, ScoredMemory
+from proxy.memory.injection import BLOCK_CLOSE, BLOCK_OPEN, render_memory_block
+from proxy.memory.markup import neutralise_markup
+from proxy.memory.store import Memory, ScoredMemory
 
 LINE_BREAKS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 INVISIBLE = ["\u200b", "\u200d", "\u2060", "\ufeff", "\u00ad"]

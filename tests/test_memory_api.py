@@ -14,9 +14,9 @@ from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error, injected_positions
 from servers import ThreadedServer
 
-from proxy.auth import Authenticator
 from proxy.config import Settings, load_settings
 from proxy.errors import PermissionDenied
+from proxy.gateway.auth import Authenticator
 
 
 def client(proxy: ThreadedServer, key: str | None = None) -> httpx.Client:
@@ -230,8 +230,8 @@ def test_forget_a_user_removes_memories_history_and_jobs(
     made = add(api, "ann", "one fact", "another fact")
     add(api, "bob", "bob's fact")
     queue = proxy.app.state.services.jobs.queue
-    from proxy.identity import Identity
-    from proxy.jobs import ExtractionJob
+    from proxy.extraction.jobs import ExtractionJob
+    from proxy.gateway.identity import Identity
 
     queue.enqueue(ExtractionJob(Identity("ann"), ["later"], "ok", "m", exchange_hash="h1",
                                 created_at=1e12))

@@ -15,7 +15,7 @@ from servers import ThreadedServer
 from test_jobs_http import metric
 
 from proxy.config import Settings, StoreSettings
-from proxy.store import ChromaStore, Memory
+from proxy.memory.store import ChromaStore, Memory
 
 LIMIT = 200
 BIG_META = {"blob": "x" * 300}

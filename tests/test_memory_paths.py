@@ -12,7 +12,7 @@ from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error
 from servers import ThreadedServer
 
-from proxy.cli import main
+from proxy.cli.main import main
 from proxy.config import Settings, load_settings
 
 ADMIN = {"authorization": "Bearer adm-secret"}

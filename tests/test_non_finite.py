@@ -100,7 +100,7 @@ def test_a_non_finite_number_stored_before_the_fix_reads_back_as_null(
     from conftest import HashingEmbedder
 
     from proxy.config import StoreSettings
-    from proxy.store import ChromaStore, Memory
+    from proxy.memory.store import ChromaStore, Memory
 
     embedder = HashingEmbedder()
     store = ChromaStore(StoreSettings(shards=2), tmp_path / "old", embedder.dimension)

@@ -12,12 +12,12 @@ from conftest import HashingEmbedder
 from fake_upstream import FakeUpstream, relation_pair
 
 from proxy.config import Settings
-from proxy.extraction import Extractor
-from proxy.identity import Identity
-from proxy.jobs import ExtractionJob
-from proxy.prompts import facts_prompt, relation_prompt
-from proxy.secrets_filter import scrub_fact
-from proxy.store import ChromaStore, Memory
+from proxy.extraction.extractor import Extractor
+from proxy.extraction.jobs import ExtractionJob
+from proxy.extraction.prompts import facts_prompt, relation_prompt
+from proxy.extraction.secrets import scrub_fact
+from proxy.gateway.identity import Identity
+from proxy.memory.store import ChromaStore, Memory
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.secrets_filter import REDACTED, redact_secrets, scrub_fact
+from proxy.extraction.secrets import REDACTED, redact_secrets, scrub_fact
 
 
 @pytest.mark.parametrize("fact", [

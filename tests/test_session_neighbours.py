@@ -17,9 +17,9 @@ from http_checks import forwarded_chats, injected_positions
 from servers import ThreadedServer
 
 from proxy.config import Settings
-from proxy.ranking import lift_neighbours
-from proxy.retrieval import session_neighbours
-from proxy.store import Memory
+from proxy.memory.ranking import lift_neighbours
+from proxy.memory.retrieval import session_neighbours
+from proxy.memory.store import Memory
 
 # The skiing turn is the strong hit; its session's next turn and another session's turn say
 # "snow" alike (same length, same words but one): only the session tells them apart.

@@ -16,7 +16,7 @@ from http_checks import chat, closed_port
 from pydantic import SecretStr
 from servers import ThreadedServer
 
-from proxy.cli import main
+from proxy.cli.main import main
 from proxy.config import Settings
 
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import HashingEmbedder
 
 from proxy.config import StoreSettings
-from proxy.listing import parse_filters
-from proxy.store import ChromaStore, Memory, shard_of
+from proxy.memory.listing import parse_filters
+from proxy.memory.store import ChromaStore, Memory, shard_of
 
 EMBEDDER = HashingEmbedder()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from conftest import HashingEmbedder
 
 from proxy.config import StoreSettings
-from proxy.sse import ChatStreamAssembler, encode_event
-from proxy.store import ChromaStore, Memory, shard_of
+from proxy.gateway.sse import ChatStreamAssembler, encode_event
+from proxy.memory.store import ChromaStore, Memory, shard_of
 
 
 def test_store_persists_isolates_users_and_keeps_the_shard_count(tmp_path: Path) -> None:

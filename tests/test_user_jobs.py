@@ -11,7 +11,7 @@ from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error, memories_of, sdk
 
 from proxy.config import Settings
-from proxy.workers import AnsweredExchanges
+from proxy.extraction.workers import AnsweredExchanges
 
 
 def jobs_of(base_url: str, user_id: str, **params: str) -> dict:

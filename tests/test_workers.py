@@ -14,13 +14,13 @@ from conftest import HashingEmbedder
 from fake_upstream import FakeUpstream
 
 from proxy.config import JobSettings, Settings
-from proxy.db import database_path
-from proxy.extraction import Extractor, memory_id
-from proxy.identity import Identity
-from proxy.job_queue import JobQueue
-from proxy.jobs import ExtractionJob, ExtractionResult
-from proxy.store import ChromaStore, Memory
-from proxy.workers import ExtractionWorkers
+from proxy.extraction.extractor import Extractor, memory_id
+from proxy.extraction.jobs import ExtractionJob, ExtractionResult
+from proxy.extraction.queue import JobQueue
+from proxy.extraction.workers import ExtractionWorkers
+from proxy.gateway.identity import Identity
+from proxy.memory.store import ChromaStore, Memory
+from proxy.state.sqlite import database_path
 
 pytestmark = pytest.mark.anyio
 

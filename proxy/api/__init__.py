@@ -1,0 +1,1 @@
+"""The memory API (/v1/memories, /v1/users): routes, handlers, import/export, OpenAPI."""

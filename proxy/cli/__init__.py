@@ -1,0 +1,1 @@
+"""Command line: ``memproxy serve`` and the admin subcommands (memories, users, keys, jobs)."""

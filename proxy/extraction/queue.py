@@ -1,0 +1,334 @@
+"""The durable job queue: rows in SQLite under the data dir, claimed with a lease.
+
+    queued ──claim──▶ running ──complete──▶ done   (conversation texts dropped, result kept)
+      ▲  ▲              │
+      │  │              ├─ fail, attempts < max ──▶ queued again after a backoff ("failed")
+      │  │              ├─ fail, attempts = max ──▶ dead (last error kept; `memproxy jobs retry`)
+      │  └── release ───┤   (shutdown: not counted as an attempt)
+      │                 └─ park: needs the caller's key, none in memory ──▶ waiting_key
+      └──── wake: the user's next request brought a key ◀─────────────────────┘
+
+A running job whose lease expires (its process died) is claimable again. Only the oldest
+unfinished job of an owner (tenant + user) can be claimed, so one user's jobs apply in order
+while different users' run concurrently. The jobs behind an owner's head carry the head's
+``run_after`` (its lease, its backoff), so a claim only looks at jobs that can run: with a
+large backlog during an outage a claim stays an index look-up, not a scan.
+
+A job carries a hash of its exchange: the same exchange again within
+``dedupe_window_seconds`` (a retried request, a regenerated answer) is not enqueued twice.
+The extraction result is saved in the row before it is applied, so a replay applies the same
+facts (with the same memory ids) instead of asking the model again.
+
+The caller's API key is never a column: it stays in process memory
+(proxy/extraction/workers.py). The user's texts are stored with secrets redacted
+(proxy/extraction/secrets.py, the filter facts go through), and a done job keeps none of
+them: not the texts, not the facts of its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxy.extraction.job_admin import JobAdmin, hold_followers
+from proxy.extraction.jobs import ExtractionJob, ExtractionResult, identity_from_json
+from proxy.extraction.secrets import redact_secrets
+
+
+class JobQueue(JobAdmin):
+    """The jobs table. Blocking (sqlite3): call it from a worker thread. Thread-safe."""
+
+    # -- producing ------------------------------------------------------------------------
+    def enqueue(self, job: ExtractionJob) -> int | None:
+        """Store the job; None when the same exchange is already queued or done."""
+        now = self._clock()
+        since = now - self._settings.dedupe_window_seconds
+
+        def work(conn: sqlite3.Connection) -> int | None:
+            if job.exchange_hash and conn.execute(
+                "SELECT 1 FROM jobs WHERE exchange_hash = ? AND created_at >= ?"
+                " AND state != 'dead' LIMIT 1",
+                (job.exchange_hash, since),
+            ).fetchone():
+                return None
+            (ahead,) = conn.execute(
+                "SELECT max(CASE state WHEN 'running' THEN lease_until"
+                " WHEN 'waiting_key' THEN :hold ELSE run_after END) FROM jobs"
+                " WHERE owner = :owner AND state IN ('queued', 'running', 'waiting_key')",
+                {"owner": job.owner, "hold": now + self._settings.key_wait_seconds},
+            ).fetchone()
+            cursor = conn.execute(
+                "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
+                " model, has_caller_key, created_at, run_after, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.owner, job.exchange_hash,
+                    json.dumps(dataclasses.asdict(job.identity), ensure_ascii=False),
+                    json.dumps([redact_secrets(t) for t in job.user_texts], ensure_ascii=False),
+                    redact_secrets(job.assistant_text),
+                    job.model, int(job.has_caller_key), job.created_at,
+                    max(now + self._settings.coalesce_wait_seconds, ahead or now), now,
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+        job_id = self._db.write(work)
+        if job_id is not None:
+            job.id = job_id
+        return job_id
+
+    # -- consuming ------------------------------------------------------------------------
+    def claim(self, worker: str) -> ExtractionJob | None:
+        """The oldest due job that heads its owner's queue, leased to ``worker``."""
+        now = self._clock()
+        lease_until = now + self._settings.lease_seconds
+        max_attempts = self._settings.max_attempts
+
+        def work(conn: sqlite3.Connection) -> ExtractionJob | None:
+            while True:
+                rows = [
+                    conn.execute(
+                        f"SELECT * FROM jobs AS j WHERE j.state = '{state}' AND {due}"
+                        " AND NOT EXISTS (SELECT 1 FROM jobs AS e WHERE e.owner = j.owner"
+                        "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
+                        f" ORDER BY {order} LIMIT 1",
+                        {"now": now},
+                    ).fetchone()
+                    for state, due, order in (
+                        ("running", "j.lease_until < :now", "j.id"),
+                        ("queued", "j.run_after <= :now", "j.run_after, j.id"),
+                    )
+                ]
+                found = [row for row in rows if row is not None]
+                if not found:
+                    return None
+                row = min(found, key=lambda r: r["id"])
+                if row["state"] == "running" and row["attempts"] >= max_attempts:
+                    # Its process died on every attempt: a poison job, not a lost one.
+                    conn.execute(
+                        "UPDATE jobs SET state = 'dead', lease_owner = NULL, lease_until = NULL,"
+                        " last_error = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                        (f"worker lost {row['attempts']} times (lease expired)", now, now,
+                         row["id"]),
+                    )
+                    continue
+                conn.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
+                    " lease_owner = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+                    (worker, lease_until, now, row["id"]),
+                )
+                hold_followers(conn, row["id"], lease_until)
+                return self._job(row, attempts=row["attempts"] + 1)
+
+        return self._db.write(work)
+
+    def claim_followers(
+        self, head: ExtractionJob, worker: str, ids: Sequence[int] | None = None
+    ) -> list[ExtractionJob]:
+        """Coalescing: lease the owner's queued jobs right behind ``head`` (same session,
+        agent and model, created within ``coalesce_seconds`` of it) to ``worker`` as well.
+
+        ``ids``: exactly these (a replay of a saved result that merged them). Followers are
+        not attempts of their own; ``complete`` them (before the head) or ``unclaim`` them.
+        """
+        window = self._settings.coalesce_seconds
+        if head.id is None or (ids is None and window <= 0) or (ids is not None and not ids):
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[ExtractionJob]:
+            lease = conn.execute(
+                "SELECT lease_until FROM jobs WHERE id = ? AND lease_owner = ?",
+                (head.id, worker),
+            ).fetchone()
+            if lease is None:
+                return []
+            if ids is not None:
+                marks = ", ".join("?" for _ in ids)
+                rows = conn.execute(
+                    f"SELECT * FROM jobs WHERE id IN ({marks}) AND state IN"
+                    " ('queued', 'running') ORDER BY id", tuple(ids),
+                ).fetchall()
+            else:
+                rows = []
+                for row in conn.execute(
+                    "SELECT * FROM jobs WHERE owner = ? AND id > ? AND state IN"
+                    " ('queued', 'running', 'waiting_key') ORDER BY id LIMIT 50",
+                    (head.owner, head.id),
+                ):
+                    identity = json.loads(row["identity"])
+                    if (
+                        row["state"] != "queued" or row["model"] != head.model
+                        or row["created_at"] > head.created_at + window
+                        or identity.get("session_id") != head.identity.session_id
+                        or identity.get("agent_id") != head.identity.agent_id
+                    ):
+                        break  # only a contiguous run: the owner's order stays
+                    rows.append(row)
+            for row in rows:
+                conn.execute(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
+                    " updated_at = ? WHERE id = ?", (worker, lease[0], self._clock(), row["id"]),
+                )
+            return [self._job(row, attempts=row["attempts"]) for row in rows]
+
+        return self._db.write(work)
+
+    def unclaim(self, ids: Sequence[int], worker: str) -> None:
+        """Followers back to queued (their head failed); they were no attempt of their own."""
+        if not ids:
+            return
+        now = self._clock()
+        marks = ", ".join("?" for _ in ids)
+        self._db.write(lambda conn: conn.execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+            f" run_after = ?, updated_at = ? WHERE lease_owner = ? AND id IN ({marks})",
+            (now, now, worker, *ids),
+        ))
+
+    @staticmethod
+    def _job(row: sqlite3.Row, attempts: int) -> ExtractionJob:
+        return ExtractionJob(
+            identity=identity_from_json(row["identity"]),
+            user_texts=json.loads(row["user_texts"]),
+            assistant_text=row["assistant_text"],
+            model=row["model"],
+            created_at=row["created_at"],
+            exchange_hash=row["exchange_hash"],
+            has_caller_key=bool(row["has_caller_key"]),
+            id=row["id"],
+            attempts=attempts,
+            result=ExtractionResult.from_json(row["result"]) if row["result"] else None,
+        )
+
+    def _update_leased(
+        self, job_id: int, worker: str, sql: str, params: Sequence[Any],
+        hold_followers_until: float | None = None,
+    ) -> bool:
+        """Run ``UPDATE jobs SET <sql>`` on a job still leased to ``worker``."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                f"UPDATE jobs SET {sql} WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (*params, job_id, worker),
+            )
+            if cursor.rowcount != 1:
+                return False
+            if hold_followers_until is not None:
+                hold_followers(conn, job_id, hold_followers_until)
+            return True
+
+        return self._db.write(work)
+
+    def renew(self, job_id: int, worker: str) -> bool:
+        now = self._clock()
+        until = now + self._settings.lease_seconds
+        return self._update_leased(
+            job_id, worker, "lease_until = ?, updated_at = ?", (until, now), until
+        )
+
+    def save_result(self, job_id: int, worker: str, result: ExtractionResult) -> bool:
+        return self._update_leased(
+            job_id, worker, "result = ?, updated_at = ?", (result.to_json(), self._clock())
+        )
+
+    def complete(self, job_id: int, worker: str) -> bool:
+        now = self._clock()
+        # The conversation is no longer needed, nor the result's texts (raw mode: the user's
+        # own words); the hash (dedupe) stays, and how many facts the result held.
+        return self._update_leased(
+            job_id, worker,
+            "state = 'done', lease_owner = NULL, lease_until = NULL, finished_at = ?,"
+            " updated_at = ?, user_texts = '[]', assistant_text = '',"
+            " result = CASE WHEN result IS NULL THEN NULL ELSE json_object('facts', json('[]'),"
+            " 'source', json_extract(result, '$.source'),"
+            " 'fact_count', json_array_length(result, '$.facts')) END",
+            (now, now), now,
+        )
+
+    def backoff(self, attempts: int) -> float:
+        s = self._settings
+        delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** max(attempts - 1, 0))
+        return delay * random.uniform(1.0, 1.2)  # jitter: retries after an outage spread out
+
+    def fail(self, job_id: int, worker: str, attempts: int, error: str) -> str:
+        """Record a failed attempt; returns the job's new state (queued or dead)."""
+        now = self._clock()
+        error = error[:2000]
+        if attempts >= self._settings.max_attempts:
+            self._update_leased(
+                job_id, worker,
+                "state = 'dead', lease_owner = NULL, lease_until = NULL, last_error = ?,"
+                " finished_at = ?, updated_at = ?",
+                (error, now, now), now,
+            )
+            return "dead"
+        retry_at = now + self.backoff(attempts)
+        self._update_leased(
+            job_id, worker,
+            "state = 'queued', lease_owner = NULL, lease_until = NULL, last_error = ?,"
+            " run_after = ?, updated_at = ?",
+            (error, retry_at, now), retry_at,
+        )
+        return "queued"
+
+    def release(self, job_id: int, worker: str) -> bool:
+        """Give a job back unfinished (shutdown); the attempt does not count."""
+        now = self._clock()
+        return self._update_leased(
+            job_id, worker,
+            "state = 'queued', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+            " lease_until = NULL, run_after = ?, updated_at = ?",
+            (now, now), now,
+        )
+
+    def park(self, job_id: int, worker: str) -> bool:
+        """Wait for the caller's key (the user's next request); not counted as an attempt."""
+        now = self._clock()
+        return self._update_leased(
+            job_id, worker,
+            "state = 'waiting_key', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+            " lease_until = NULL, updated_at = ?",
+            (now,), now + self._settings.key_wait_seconds,
+        )
+
+    def wake(self, owner: str) -> int:
+        now = self._clock()
+        def work(conn: sqlite3.Connection) -> int:
+            woken = conn.execute(
+                "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?"
+                " WHERE owner = ? AND state = 'waiting_key'", (now, now, owner),
+            ).rowcount
+            if woken:  # their followers were held for the key too
+                conn.execute("UPDATE jobs SET run_after = ? WHERE owner = ? AND state = 'queued'",
+                             (now, owner))
+            return int(woken)
+
+        return self._db.write(work)
+
+    def waiting_owners(self) -> set[str]:
+        rows = self._db.read("SELECT DISTINCT owner FROM jobs WHERE state = 'waiting_key'")
+        return {row[0] for row in rows}
+
+    def release_stale_leases(self, is_stale: Callable[[str], bool]) -> int:
+        """Requeue running jobs whose lease holder ``is_stale`` (a dead process on this host)."""
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT id, lease_owner FROM jobs WHERE state = 'running'"
+            ).fetchall()
+            stale = [row["id"] for row in rows if row["lease_owner"] and is_stale(
+                row["lease_owner"])]
+            for job_id in stale:
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                    " run_after = ?, updated_at = ? WHERE id = ?", (now, now, job_id),
+                )
+                hold_followers(conn, job_id, now)
+            return len(stale)
+
+        return self._db.write(work)

@@ -1,0 +1,1 @@
+"""Memories: the model, the Chroma store and its cache, ranking, retrieval and injection."""

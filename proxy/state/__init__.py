@@ -1,0 +1,1 @@
+"""Durable state under the data dir: SQLite connections and the ordered schema migrations."""
