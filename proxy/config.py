@@ -60,6 +60,9 @@ class ServerSettings(_Section):
     # One line per request on the memproxy.access logger: method, path (no query), status,
     # memory status, injected count, latency.
     access_log: bool = False
+    # The memory console at /console (static pages; they call the memory API with the key
+    # typed into them, kept in the browser tab's sessionStorage).
+    console: bool = True
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -136,6 +139,10 @@ class RetrievalSettings(_Section):
     # A strong hit lifts the turns said just before and after it in its session.
     neighbour_weight: float = Field(default=0.2, ge=0)
     large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
+    # Recent chat injections kept in memory (ids and scores; GET /v1/memories/injections),
+    # per replica; 0: none. The query text is kept only with recent_injections_text.
+    recent_injections: int = Field(default=200, ge=0, le=100_000)
+    recent_injections_text: bool = False
 
     @model_validator(mode="after")
     def _some_weight(self) -> RetrievalSettings:
