@@ -15,13 +15,16 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.history import HistoryEvent, MemoryHistory
 from proxy.memory.listing import Condition
+
+if TYPE_CHECKING:
+    from proxy.memory.users import UserSummary
 
 Owner = tuple[str, str]  # (tenant, user_id): whose memories
 # Ids never hold control characters (identity.check_id), so this cannot occur in a tenant.
@@ -220,5 +223,7 @@ class MemoryStore(Protocol):
     ) -> tuple[list[Memory], str | None]: ...
 
     def all_memories(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Memory]: ...
+
+    def user_summaries(self) -> list[UserSummary]: ...
 
     def close(self) -> None: ...

@@ -1,10 +1,17 @@
-"""Choosing which memories go into a request: query, hybrid ranking, gating, budget."""
+"""Choosing which memories go into a request: query, hybrid ranking, gating, budget.
+
+``Retriever.retrieve`` is what a chat request (and the search API) gets; ``explain`` runs the
+very same steps and also says why each candidate was or was not chosen (the memory API's
+``POST /v1/memories/explain``). With the budget applied (the chat path) each choice is
+recorded in a bounded ring of recent injections (proxy/memory/recent.py).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -12,12 +19,16 @@ from proxy.config import RetrievalSettings
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.embedding import Embedder
 from proxy.memory.listing import Condition
-from proxy.memory.model import Memory
-from proxy.memory.ranking import Neighbours, RankingParams, rank_memories
+from proxy.memory.model import Candidates, Memory
+from proxy.memory.ranking import Neighbours, Ranked, RankingParams, rank_memories
+from proxy.memory.recent import InjectedMemory, InjectionRecord, RecentInjections
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.tokens import TokenCounter, estimate_tokens
 
-__all__ = ["Retriever", "build_query", "estimate_tokens", "message_text", "ranking_params"]
+__all__ = [
+    "CandidateTrace", "Explanation", "Retriever", "build_query", "estimate_tokens",
+    "message_text", "ranking_params",
+]
 
 
 def message_text(content: Any) -> str:
@@ -86,6 +97,51 @@ def ranking_params(settings: RetrievalSettings, include_superseded: bool) -> Ran
     return RankingParams(**knobs, include_superseded=include_superseded)
 
 
+Outcome = Literal["injected", "over_budget", "near_duplicate", "below_top_k", "gated"]
+
+
+@dataclass
+class CandidateTrace:
+    """One of the user's memories as retrieval saw it for one query."""
+
+    memory: Memory
+    dense: float  # cosine to the query (the search API's ``score``)
+    keyword: float  # BM25 (0: no query term)
+    fused: float | None  # the rank score (the search API's ``rank_score``); None: gated out
+    outcome: Outcome
+    reason: str
+    tokens: int | None = None  # its cost against the budget, when the budget looked at it
+
+
+@dataclass
+class Explanation:
+    query: str
+    chosen: list[ScoredMemory]  # exactly what a chat request would inject, in order
+    candidates: list[CandidateTrace]  # chosen first, then by rank score, then the gated out
+    memories: int  # the user's memories looked at (superseded and filtered ones left out)
+    gating: bool  # above core_when_at_most: a memory needs a query term or min_score
+    used_tokens: int
+    max_tokens: int
+    top_k: int
+    exact_tokens: bool  # the model's tokenizer counted (else the ~4 chars a token estimate)
+    complete: bool  # False: a user too large to cache, only the nearest rows were fused
+
+
+@dataclass
+class _Ranking:
+    found: Candidates
+    pool: np.ndarray  # rows retrieval may return (filters, superseded)
+    eligible: np.ndarray  # the pool after gating
+    gating: bool
+    ranked: Ranked
+    top_k: int
+
+    def scored(self, indices: Sequence[int], scores: Sequence[float]) -> list[ScoredMemory]:
+        found = self.found
+        return [ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
+                for i, score in zip(indices, scores, strict=True)]
+
+
 class Retriever:
     """Hybrid retrieval: dense + BM25 fused (proxy/memory/ranking.py), then the token budget.
 
@@ -98,12 +154,15 @@ class Retriever:
 
     def __init__(
         self, embedder: Embedder, store: MemoryStore, settings: RetrievalSettings,
-        tokens: TokenCounter | None = None,
+        tokens: TokenCounter | None = None, recent: RecentInjections | None = None,
     ):
         self._embedder = embedder
         self._store = store
         self._settings = settings
         self.tokens = tokens or TokenCounter()
+        self.recent = recent or RecentInjections(
+            settings.recent_injections, settings.recent_injections_text
+        )
 
     def retrieve(
         self,
@@ -123,48 +182,167 @@ class Retriever:
         API passes its ``limit`` and ``filters`` and skips the token budget, ranking the
         same way. ``score`` is the fused score (0–1, relative to the user's other memories:
         the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
+        With the budget (a chat request), the choice is recorded in ``recent``.
         """
+        started = time.perf_counter()
+        ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded)
+        if ranking is None:
+            chosen: list[ScoredMemory] = []
+        else:
+            chosen = ranking.scored(ranking.ranked.indices, ranking.ranked.scores)
+        if not budget:
+            return chosen
+        decisions = self._budget(chosen, model)
+        kept = [scored for scored, _, within in decisions if within]
+        if query and (limit is None or limit > 0):
+            self._record(user_id, tenant, model, query, decisions, ranking, started)
+        return kept
+
+    def explain(
+        self, user_id: str, query: str, *, tenant: str = DEFAULT_TENANT,
+        model: str | None = None, max_candidates: int = 50,
+    ) -> Explanation:
+        """What ``retrieve`` would choose for a chat request, and why (nothing is recorded).
+
+        The chosen memories come from the same ranking call as ``retrieve``'s; every other
+        candidate's rank score from the same ranking over the whole pool (no MMR: it only
+        reorders), so a score shown here is the one ``POST /v1/memories/search`` reports.
+        """
+        settings = self._settings
+        ranking = self._rank(user_id, query, DEFAULT_TENANT if tenant is None else tenant,
+                             None, (), False)
+        exact = bool(model) and self.tokens.uses_tokenizer(model or "")
+        if ranking is None:
+            return Explanation(query, [], [], 0, False, 0, settings.max_tokens, settings.top_k,
+                               exact, True)
+        chosen = ranking.scored(ranking.ranked.indices, ranking.ranked.scores)
+        decisions = self._budget(chosen, model)
+        kept = [scored for scored, _, within in decisions if within]
+        used = sum(cost for _, cost, within in decisions if within)
+        traces = self._traces(ranking, decisions, used)[: max(max_candidates, len(chosen))]
+        found = ranking.found
+        return Explanation(
+            query, kept, traces, int(ranking.pool.sum()), ranking.gating, used,
+            settings.max_tokens, ranking.top_k, exact, found.complete,
+        )
+
+    # -- the steps ------------------------------------------------------------------------
+    def _rank(
+        self, user_id: str, query: str, tenant: str, limit: int | None,
+        filters: Sequence[Condition], include_superseded: bool,
+    ) -> _Ranking | None:
         settings = self._settings
         top_k = settings.top_k if limit is None else limit
         if not query or top_k <= 0:
-            return []
+            return None
         vector = self._embedder.embed([query])[0]
         found = self._store.candidates(
             user_id, vector, query, tenant=tenant, filters=filters,
             include_superseded=include_superseded,
             pool=max(settings.large_user_pool, settings.mmr_pool * top_k),
         )
-        eligible = np.asarray(found.eligible, dtype=bool)
-        available = int(eligible.sum())
+        pool = np.asarray(found.eligible, dtype=bool)
+        available = int(pool.sum())
         if available == 0:
-            return []
-        if available > settings.core_when_at_most:
-            eligible = eligible & ((found.dense >= settings.min_score) | (found.keyword > 0))
-            if not eligible.any():
-                return []
-        ranked = rank_memories(
-            found.dense, found.keyword, top_k,
-            ranking_params(settings, include_superseded),
-            created_at=found.created_at, vectors=found.vectors, eligible=eligible,
+            return None
+        eligible = pool
+        gating = available > settings.core_when_at_most
+        if gating:
+            eligible = pool & ((found.dense >= settings.min_score) | (found.keyword > 0))
+        ranked = self._ranked(found, eligible, top_k, include_superseded, mmr=True)
+        return _Ranking(found, pool, eligible, gating, ranked, top_k)
+
+    def _ranked(
+        self, found: Candidates, eligible: np.ndarray, k: int, include_superseded: bool,
+        *, mmr: bool,
+    ) -> Ranked:
+        if not eligible.any():
+            return Ranked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        return rank_memories(
+            found.dense, found.keyword, k,
+            ranking_params(self._settings, include_superseded),
+            created_at=found.created_at, vectors=found.vectors if mmr else None,
+            eligible=eligible,
             # Rows in store order only for a cached owner (a large owner's are the nearest).
             neighbours=session_neighbours(found.memories, found.created_at)
             if found.complete else None,
         )
-        chosen = [
-            ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
-            for i, score in zip(ranked.indices, ranked.scores, strict=True)
-        ]
-        return self._within_budget(chosen, model) if budget else chosen
 
-    def _within_budget(
+    def _budget(
         self, ranked: Sequence[ScoredMemory], model: str | None
-    ) -> list[ScoredMemory]:
-        chosen: list[ScoredMemory] = []
+    ) -> list[tuple[ScoredMemory, int, bool]]:
+        """Each ranked memory, its token cost and whether it fits the budget (in order)."""
+        decisions = []
         used = 0
         for scored in ranked:
             cost = self.tokens.count(scored.memory.text, model)
-            if used + cost > self._settings.max_tokens:
+            within = used + cost <= self._settings.max_tokens
+            if within:
+                used += cost
+            decisions.append((scored, cost, within))
+        return decisions
+
+    def _record(
+        self, user_id: str, tenant: str, model: str | None, query: str,
+        decisions: Sequence[tuple[ScoredMemory, int, bool]], ranking: _Ranking | None,
+        started: float,
+    ) -> None:
+        recent = self.recent
+        if recent.size <= 0:
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        injected = tuple(
+            InjectedMemory(s.memory.id, s.similarity or 0.0, s.score, cost)
+            for s, cost, within in decisions if within
+        )
+        recent.record(InjectionRecord(
+            at=recent.now(), tenant=tenant, user_id=user_id, model=model, memories=injected,
+            used_tokens=sum(m.tokens for m in injected), max_tokens=self._settings.max_tokens,
+            candidates=int(ranking.eligible.sum()) if ranking is not None else 0,
+            duration_ms=elapsed_ms, late=elapsed_ms > self._settings.timeout_ms,
+            query=query if recent.keep_text else None,
+        ))
+
+    def _traces(
+        self, ranking: _Ranking, decisions: Sequence[tuple[ScoredMemory, int, bool]],
+        used: int,
+    ) -> list[CandidateTrace]:
+        found, settings = ranking.found, self._settings
+        whole = self._ranked(found, ranking.eligible, int(ranking.eligible.sum()), False,
+                             mmr=False)
+        fused = {int(i): float(s) for i, s in zip(whole.indices, whole.scores, strict=True)}
+        position = {int(i): p for p, i in enumerate(whole.indices)}
+        chosen = [int(i) for i in ranking.ranked.indices]
+        chosen_set = set(chosen)
+
+        def trace(i: int, outcome: Outcome, reason: str, tokens: int | None = None
+                  ) -> CandidateTrace:
+            return CandidateTrace(found.memories[i], float(found.dense[i]),
+                                  float(found.keyword[i]), fused.get(i), outcome, reason, tokens)
+
+        traces = []
+        for i, (_, cost, within) in zip(chosen, decisions, strict=True):
+            if within:
+                traces.append(trace(i, "injected", f"rank {position[i] + 1}; {cost} tokens",
+                                    cost))
+            else:
+                traces.append(trace(i, "over_budget", f"{cost} tokens would pass max_tokens "
+                                    f"{settings.max_tokens} ({used} used)", cost))
+        for i in (int(i) for i in whole.indices):
+            if i in chosen_set:
                 continue
-            chosen.append(scored)
-            used += cost
-        return chosen
+            if position[i] < ranking.top_k:
+                twin = max(chosen, key=lambda j: float(found.vectors[j] @ found.vectors[i]),
+                           default=None)
+                cosine = float(found.vectors[twin] @ found.vectors[i]) if twin is not None else 0
+                traces.append(trace(i, "near_duplicate", f"rank {position[i] + 1}, pushed out "
+                                    f"by MMR: cosine {cosine:.3f} to a chosen memory"))
+            else:
+                traces.append(trace(i, "below_top_k",
+                                    f"rank {position[i] + 1}; top_k is {ranking.top_k}"))
+        gated = np.flatnonzero(ranking.pool & ~ranking.eligible)
+        for i in sorted((int(i) for i in gated), key=lambda i: -float(found.dense[i])):
+            traces.append(trace(i, "gated", f"cosine {float(found.dense[i]):.3f} < min_score "
+                                f"{settings.min_score} and no query term (the user has more "
+                                f"than core_when_at_most={settings.core_when_at_most})"))
+        return traces

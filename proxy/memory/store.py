@@ -55,6 +55,7 @@ from proxy.memory.search import (
     search_collection,
     search_index,
 )
+from proxy.memory.users import UserSummary, scan_owners
 from proxy.state.sqlite import database_path
 
 __all__ = [
@@ -420,6 +421,10 @@ class ChromaStore:
             where=owner_where(owner), include=["metadatas"]
         ))
         return sum(1 for meta in got["metadatas"] if not (meta or {}).get("superseded_by"))
+
+    def user_summaries(self) -> list[UserSummary]:
+        """Every owner with stored memories: counts and last change (proxy/memory/users.py)."""
+        return list(self._read(scan_owners, self._shards, self._max_batch))
 
     def cached_users(self) -> list[str]:
         """Users whose index is in memory, least recently used first."""
