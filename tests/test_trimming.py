@@ -1,0 +1,126 @@
+"""Long-chat trimming and the per-conversation memory block, as pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from proxy.memory.conversation import StableBlocks, conversation_key
+from proxy.memory.model import Memory, ScoredMemory
+from proxy.memory.trimming import Turn, TurnRecall, plan_trim
+
+
+def chat(exchanges: int, tokens: int = 100, system: bool = True) -> list[Turn]:
+    turns = [Turn("system", "You are helpful.", 20)] if system else []
+    for i in range(exchanges):
+        turns.append(Turn("user", f"question {i}", tokens))
+        turns.append(Turn("assistant", f"answer {i}", tokens))
+    turns.append(Turn("user", "newest question", tokens))
+    return turns
+
+
+def test_no_trim_within_budget() -> None:
+    turns = chat(5)
+    plan = plan_trim(turns, budget=5000)
+    assert not plan.trimmed
+    assert plan.kept_tokens == sum(t.tokens for t in turns)
+
+
+def test_trim_keeps_system_prompt_and_newest_turns_and_fits() -> None:
+    turns = chat(100)
+    plan = plan_trim(turns, budget=4000, step=2000)
+    assert plan.trimmed
+    assert plan.start == 1  # the system prompt is never left out
+    assert plan.end <= len(turns) - 1 - 4  # newest user turn + 4 before it kept
+    assert plan.kept_tokens <= 4000
+    assert plan.kept_tokens + plan.dropped_tokens == sum(t.tokens for t in turns)
+
+
+def test_cut_moves_in_steps_so_the_prefix_holds_for_many_turns() -> None:
+    ends = [plan_trim(chat(n), budget=4000, step=2000).end for n in range(40, 120)]
+    changes = sum(1 for a, b in zip(ends, ends[1:], strict=False) if a != b)
+    # 80 turns of growth at 200 tokens each = 16,000 tokens = 8 steps of 2,000.
+    assert 1 <= changes <= 9
+    assert all(b >= a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def test_tool_results_stay_with_their_call() -> None:
+    turns = [Turn("system", "s", 10)]
+    for i in range(30):
+        turns.append(Turn("user", f"u{i}", 100))
+        turns.append(Turn("assistant", f"call {i}", 100))
+        turns.append(Turn("tool", f"result {i}", 100, attached=True))
+        turns.append(Turn("assistant", f"a{i}", 100))
+    turns.append(Turn("user", "newest", 100))
+    for budget in range(1000, 9000, 250):
+        plan = plan_trim(turns, budget=budget, step=500)
+        if plan.trimmed:
+            assert not turns[plan.end].attached, budget
+
+
+def test_nothing_to_leave_out_when_only_newest_turns_exceed() -> None:
+    turns = [Turn("system", "s", 10), Turn("user", "huge", 10_000)]
+    assert not plan_trim(turns, budget=1000).trimmed
+
+
+def test_recall_prefers_turns_sharing_the_query_words() -> None:
+    dropped = [
+        Turn("user", "I adopted a beagle named Biscuit last spring", 12),
+        Turn("assistant", "That is lovely, beagles are friendly", 10),
+        Turn("user", "My favourite pasta is carbonara", 9),
+    ]
+    recall = TurnRecall()
+    chosen = recall.recall(dropped, "what is my dog Biscuit's breed?", None, budget_tokens=100)
+    assert chosen == [0]
+
+
+def test_recall_uses_dense_vectors_once_embedded_and_respects_budget() -> None:
+    dropped = [Turn("user", "alpha", 50), Turn("user", "beta", 50), Turn("user", "gamma", 50)]
+    recall = TurnRecall()
+    assert recall.missing(dropped) == ["alpha", "beta", "gamma"]
+    vectors = np.eye(3, dtype=np.float32)
+    recall.remember_vectors(["alpha", "beta", "gamma"], vectors)
+    assert recall.missing(dropped) == []
+    query = np.array([0.0, 1.0, 0.6], dtype=np.float32)
+    assert recall.recall(dropped, "unrelated words", query, budget_tokens=50) == [1]
+    assert recall.recall(dropped, "unrelated words", query, budget_tokens=100) == [1, 2]
+
+
+def scored(memory_id: str, text: str) -> ScoredMemory:
+    return ScoredMemory(Memory(user_id="u", text=text, id=memory_id), 1.0)
+
+
+def test_stable_block_is_kept_while_its_memories_are_unchanged() -> None:
+    blocks = StableBlocks()
+    store = {"a": Memory(user_id="u", text="User lives in Berlin", id="a"),
+             "b": Memory(user_id="u", text="User likes tea", id="b")}
+
+    def lookup(ids: list[str]) -> dict[str, Memory | None]:
+        return {i: store.get(i) for i in ids}
+
+    first = blocks.place("k", [scored("a", "User lives in Berlin")], lookup, late_limit=4)
+    assert not first.kept and [s.memory.id for s in first.stable] == ["a"]
+    second = blocks.place("k", [scored("b", "User likes tea"), scored("a", "User lives in Berlin")],
+                          lookup, late_limit=4)
+    assert second.kept
+    assert [s.memory.id for s in second.stable] == ["a"]
+    assert [s.memory.id for s in second.late] == ["b"]
+    # The kept memory is superseded: the block is chosen again (the memories really changed).
+    store["a"] = Memory(user_id="u", text="User lives in Berlin", id="a", superseded_by="c")
+    third = blocks.place("k", [scored("c", "User lives in Paris")], lookup, late_limit=4)
+    assert not third.kept and [s.memory.id for s in third.stable] == ["c"]
+
+
+def test_an_empty_first_block_stays_empty_and_later_finds_go_late() -> None:
+    blocks = StableBlocks()
+    blocks.place("k", [], lambda ids: {}, late_limit=4)
+    later = blocks.place("k", [scored("a", "x")], lambda ids: {}, late_limit=4)
+    assert later.kept and later.stable == [] and [s.memory.id for s in later.late] == ["a"]
+
+
+def test_conversation_key_by_session_or_opening_turns() -> None:
+    by_session = conversation_key("t", "u", "s1", ["sys", "hello"])
+    assert by_session == conversation_key("t", "u", "s1", ["other"])
+    assert by_session != conversation_key("t", "u2", "s1", ["sys", "hello"])
+    opening = conversation_key("t", "u", None, ["sys", "hello", "later turn"])
+    assert opening == conversation_key("t", "u", None, ["sys", "hello", "another later turn"])
+    assert opening != conversation_key("t", "u", None, ["sys", "hi"])
