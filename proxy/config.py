@@ -41,6 +41,7 @@ ENV_ALIASES: dict[str, str] = {
     "EXTRACTION_MODEL": "extraction.model",
     "HOST": "server.host",
     "PORT": "server.port",
+    "DATABASE_URL": "state.database_url",
 }
 
 
@@ -195,6 +196,24 @@ class JobSettings(_Section):
     coalesce_wait_seconds: float = Field(default=0.0, ge=0)
 
 
+class StateSettings(_Section):
+    """Where jobs, history, keys and the per-user bookkeeping live."""
+
+    # Empty: SQLite under data_dir (one process). postgresql://…: shared by every replica.
+    # A secret (it may hold a password): masked in reprs and logs.
+    database_url: SecretStr | None = None
+    pool_size: int = Field(default=8, ge=1)  # connections per replica and table family
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("state.database_url must be a postgresql:// URL (empty: SQLite)")
+        return value
+
+
 class AuthSettings(_Section):
     """Who may use the proxy, and whose memories a request reads and writes."""
 
@@ -246,6 +265,7 @@ class Settings(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: dict[str, ModelRoute] = Field(default_factory=dict)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import ConfigError, Settings, SettingsSources, load_settings_and_sources
-from proxy.state.sqlite import database_path
+from proxy.state.engine import Target, database_target, is_url
 
 
 def settings_and_sources(
@@ -32,14 +32,18 @@ def settings_from_args(
     return settings_and_sources(args, overrides)[0]
 
 
-def local_database(args: argparse.Namespace, *, create: bool = False) -> Path | None:
-    """The data dir's SQLite file for a command that works on it directly.
+def local_database(args: argparse.Namespace, *, create: bool = False) -> Target | None:
+    """The database a command works on directly: the shared Postgres of the deployment
+    (``state.database_url`` / ``MEMPROXY_DATABASE_URL``), else the data dir's SQLite file.
 
-    A command that only reads or changes what is there never creates it: run in the wrong
-    directory, it says so (on stderr) and gets None instead of a new empty data dir.
+    A command that only reads or changes what is there never creates the SQLite file: run in
+    the wrong directory, it says so (on stderr) and gets None instead of a new empty data dir.
     """
     settings = settings_from_args(args)
-    path = database_path(settings.data_dir)
+    target = database_target(settings)
+    if is_url(target):
+        return target
+    path = Path(target)
     if not create and not path.exists():
         print(f"memproxy: no data dir found: {path} does not exist (run where the proxy keeps "
               "its data, or pass --data-dir, or set MEMPROXY_DATA_DIR / data_dir)",

@@ -1,8 +1,9 @@
 """``memproxy jobs list|retry|purge``: the extraction job queue, read and repaired in place.
 
-Works on ``<data_dir>/memproxy.sqlite`` directly, so it needs no running server (and is safe
-next to one: SQLite in WAL mode with a busy timeout). A running server picks up retried jobs
-within ``jobs.poll_seconds``.
+Works on the database directly (``<data_dir>/memproxy.sqlite``, or the shared Postgres when
+``MEMPROXY_DATABASE_URL`` / ``state.database_url`` is set), so it needs no running server (and
+is safe next to one: SQLite in WAL mode with a busy timeout; Postgres row locks). Running
+servers pick up retried jobs within ``jobs.poll_seconds``.
 """
 
 from __future__ import annotations

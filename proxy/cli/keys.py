@@ -1,7 +1,9 @@
-"""``memproxy keys create|list|revoke``: proxy keys, on the data dir's SQLite file directly.
+"""``memproxy keys create|list|revoke``: proxy keys, on the database directly.
 
-Needs no running server (SQLite in WAL mode is safe next to one); a running proxy sees a new
-or revoked key at its next request.
+The database is the data dir's SQLite file, or the shared Postgres when
+``MEMPROXY_DATABASE_URL`` / ``state.database_url`` is set. Needs no running server (SQLite in
+WAL mode is safe next to one); every running replica sees a new or revoked key at its next
+request.
 """
 
 from __future__ import annotations

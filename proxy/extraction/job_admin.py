@@ -9,18 +9,16 @@ states is drawn in proxy/extraction/queue.py.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from proxy.config import JobSettings
 from proxy.extraction.jobs import UNFINISHED, ExtractionResult, JobRow, JobStats, owner_of
 from proxy.gateway.identity import Identity
-from proxy.state.sqlite import Database
+from proxy.state.engine import Connection, Target, open_database
 
 
-def hold_followers(conn: sqlite3.Connection, job_id: int, until: float) -> None:
+def hold_followers(conn: Connection, job_id: int, until: float) -> None:
     """The owner's queued jobs behind ``job_id`` become due at ``until`` (or at once)."""
     conn.execute(
         "UPDATE jobs SET run_after = ? WHERE owner = (SELECT owner FROM jobs WHERE id = ?)"
@@ -39,15 +37,20 @@ def fact_count(result: str | None) -> int | None:
 
 
 class JobAdmin:
-    """The jobs table for an operator. Blocking (sqlite3): call it from a worker thread."""
+    """The jobs table for an operator. Blocking: call it from a worker thread.
+
+    ``target``: the data dir's SQLite file, or the postgresql:// URL every replica shares.
+    """
 
     def __init__(
-        self, path: Path, settings: JobSettings, *, clock: Callable[[], float] = time.time
+        self, target: Target, settings: JobSettings, *, clock: Callable[[], float] = time.time,
+        pool_size: int = 8,
     ):
-        self.path = path
+        self.path = target
         self._settings = settings
         self._clock = clock
-        self._db = Database(path)
+        self._db = open_database(target, pool_size=pool_size)
+        self.dialect = self._db.dialect
 
     def close(self) -> None:
         self._db.close()
@@ -61,7 +64,7 @@ class JobAdmin:
         now = self._clock()
         s = self._settings
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Connection) -> None:
             conn.execute(
                 "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?",
                 (now - s.keep_done_seconds,),
@@ -115,7 +118,7 @@ class JobAdmin:
         if either:
             where.append(f"({' OR '.join(either)})")
         if user_id is not None:
-            where.append("json_extract(identity, '$.user_id') = ?")
+            where.append(f"{self.dialect.json_field('identity', 'user_id')} = ?")
             params.append(user_id)
         rows = self._db.read(
             f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",

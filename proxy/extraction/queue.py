@@ -30,25 +30,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.extraction.job_admin import JobAdmin, hold_followers
 from proxy.extraction.jobs import ExtractionJob, ExtractionResult, identity_from_json
 from proxy.extraction.secrets import redact_secrets
+from proxy.state.engine import Connection, Row
 
 
 class JobQueue(JobAdmin):
-    """The jobs table. Blocking (sqlite3): call it from a worker thread. Thread-safe."""
+    """The jobs table. Blocking: call it from a worker thread. Thread-safe.
+
+    On Postgres several replicas claim from the same table: a claim locks the row it takes
+    (``FOR UPDATE SKIP LOCKED``), so two replicas never lease one job, and the lease (renewed
+    while the job runs) is what hands a dead replica's job to another.
+    """
 
     # -- producing ------------------------------------------------------------------------
     def enqueue(self, job: ExtractionJob) -> int | None:
         """Store the job; None when the same exchange is already queued or done."""
         now = self._clock()
         since = now - self._settings.dedupe_window_seconds
+        serialise = self.dialect.transaction_lock
 
-        def work(conn: sqlite3.Connection) -> int | None:
+        def work(conn: Connection) -> int | None:
+            if serialise and job.exchange_hash:  # two replicas given the same exchange at once
+                conn.execute(serialise, (job.exchange_hash,))
             if job.exchange_hash and conn.execute(
                 "SELECT 1 FROM jobs WHERE exchange_hash = ? AND created_at >= ?"
                 " AND state != 'dead' LIMIT 1",
@@ -64,7 +72,7 @@ class JobQueue(JobAdmin):
             cursor = conn.execute(
                 "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
                 " model, has_caller_key, created_at, run_after, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     job.owner, job.exchange_hash,
                     json.dumps(dataclasses.asdict(job.identity), ensure_ascii=False),
@@ -74,7 +82,7 @@ class JobQueue(JobAdmin):
                     max(now + self._settings.coalesce_wait_seconds, ahead or now), now,
                 ),
             )
-            return int(cursor.lastrowid or 0)
+            return int(cursor.fetchone()[0])
 
         job_id = self._db.write(work)
         if job_id is not None:
@@ -87,15 +95,16 @@ class JobQueue(JobAdmin):
         now = self._clock()
         lease_until = now + self._settings.lease_seconds
         max_attempts = self._settings.max_attempts
+        lock = self.dialect.claim_lock
 
-        def work(conn: sqlite3.Connection) -> ExtractionJob | None:
+        def work(conn: Connection) -> ExtractionJob | None:
             while True:
                 rows = [
                     conn.execute(
                         f"SELECT * FROM jobs AS j WHERE j.state = '{state}' AND {due}"
                         " AND NOT EXISTS (SELECT 1 FROM jobs AS e WHERE e.owner = j.owner"
                         "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
-                        f" ORDER BY {order} LIMIT 1",
+                        f" ORDER BY {order} LIMIT 1{lock}",
                         {"now": now},
                     ).fetchone()
                     for state, due, order in (
@@ -139,7 +148,7 @@ class JobQueue(JobAdmin):
         if head.id is None or (ids is None and window <= 0) or (ids is not None and not ids):
             return []
 
-        def work(conn: sqlite3.Connection) -> list[ExtractionJob]:
+        def work(conn: Connection) -> list[ExtractionJob]:
             lease = conn.execute(
                 "SELECT lease_until FROM jobs WHERE id = ? AND lease_owner = ?",
                 (head.id, worker),
@@ -190,7 +199,7 @@ class JobQueue(JobAdmin):
         ))
 
     @staticmethod
-    def _job(row: sqlite3.Row, attempts: int) -> ExtractionJob:
+    def _job(row: Row, attempts: int) -> ExtractionJob:
         return ExtractionJob(
             identity=identity_from_json(row["identity"]),
             user_texts=json.loads(row["user_texts"]),
@@ -210,7 +219,7 @@ class JobQueue(JobAdmin):
     ) -> bool:
         """Run ``UPDATE jobs SET <sql>`` on a job still leased to ``worker``."""
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: Connection) -> bool:
             cursor = conn.execute(
                 f"UPDATE jobs SET {sql} WHERE id = ? AND state = 'running' AND lease_owner = ?",
                 (*params, job_id, worker),
@@ -237,17 +246,30 @@ class JobQueue(JobAdmin):
 
     def complete(self, job_id: int, worker: str) -> bool:
         now = self._clock()
-        # The conversation is no longer needed, nor the result's texts (raw mode: the user's
-        # own words); the hash (dedupe) stays, and how many facts the result held.
-        return self._update_leased(
-            job_id, worker,
-            "state = 'done', lease_owner = NULL, lease_until = NULL, finished_at = ?,"
-            " updated_at = ?, user_texts = '[]', assistant_text = '',"
-            " result = CASE WHEN result IS NULL THEN NULL ELSE json_object('facts', json('[]'),"
-            " 'source', json_extract(result, '$.source'),"
-            " 'fact_count', json_array_length(result, '$.facts')) END",
-            (now, now), now,
-        )
+
+        def work(conn: Connection) -> bool:
+            row = conn.execute(
+                "SELECT result FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (job_id, worker),
+            ).fetchone()
+            if row is None:
+                return False
+            # The conversation is no longer needed, nor the result's texts (raw mode: the
+            # user's own words); the hash (dedupe) stays, and how many facts the result held.
+            kept = None
+            if row[0]:
+                saved = json.loads(row[0])
+                kept = json.dumps({"facts": [], "source": saved.get("source"),
+                                   "fact_count": len(saved.get("facts") or [])})
+            conn.execute(
+                "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL,"
+                " finished_at = ?, updated_at = ?, user_texts = '[]', assistant_text = '',"
+                " result = ? WHERE id = ?", (now, now, kept, job_id),
+            )
+            hold_followers(conn, job_id, now)
+            return True
+
+        return self._db.write(work)
 
     def backoff(self, attempts: int) -> float:
         s = self._settings
@@ -280,7 +302,8 @@ class JobQueue(JobAdmin):
         now = self._clock()
         return self._update_leased(
             job_id, worker,
-            "state = 'queued', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+            "state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+            " lease_owner = NULL,"
             " lease_until = NULL, run_after = ?, updated_at = ?",
             (now, now), now,
         )
@@ -290,14 +313,15 @@ class JobQueue(JobAdmin):
         now = self._clock()
         return self._update_leased(
             job_id, worker,
-            "state = 'waiting_key', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+            "state = 'waiting_key', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+            " lease_owner = NULL,"
             " lease_until = NULL, updated_at = ?",
             (now,), now + self._settings.key_wait_seconds,
         )
 
     def wake(self, owner: str) -> int:
         now = self._clock()
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Connection) -> int:
             woken = conn.execute(
                 "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?"
                 " WHERE owner = ? AND state = 'waiting_key'", (now, now, owner),
@@ -317,7 +341,7 @@ class JobQueue(JobAdmin):
         """Requeue running jobs whose lease holder ``is_stale`` (a dead process on this host)."""
         now = self._clock()
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: Connection) -> int:
             rows = conn.execute(
                 "SELECT id, lease_owner FROM jobs WHERE state = 'running'"
             ).fetchall()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from proxy.state.sqlite import Database
+from proxy.state.engine import Row, Target, open_database
 
 TOKEN_PREFIX = "mp-"
 
@@ -42,7 +40,7 @@ class ProxyKey:
         return asdict(self)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ProxyKey:
+    def from_row(cls, row: Row) -> ProxyKey:
         return cls(
             id=row["id"], prefix=row["prefix"], tenant=row["tenant"], user_id=row["user_id"],
             name=row["name"], created_at=row["created_at"], revoked_at=row["revoked_at"],
@@ -50,10 +48,14 @@ class ProxyKey:
 
 
 class KeyStore:
-    """The api_keys table. Blocking (sqlite3), thread-safe; look-ups are one index probe."""
+    """The api_keys table. Blocking, thread-safe; look-ups are one index probe.
 
-    def __init__(self, path: Path):
-        self._db = Database(path)
+    ``target``: the data dir's SQLite file, or the postgresql:// URL every replica shares (a
+    key created on one replica, or by the CLI, works on all of them at their next request).
+    """
+
+    def __init__(self, target: Target, *, pool_size: int = 8):
+        self._db = open_database(target, pool_size=pool_size)
 
     def create(
         self, tenant: str, user_id: str | None = None, name: str | None = None

@@ -1,4 +1,4 @@
-"""The audit trail of memories: one SQLite row per change (table ``memory_history``).
+"""The audit trail of memories: one row per change (table ``memory_history``).
 
 Events: ``ADD`` (new_text), ``UPDATE`` (old_text → new_text), ``SUPERSEDE`` (the old memory
 kept, marked replaced; new_text is its successor's text), ``DELETE`` (old_text). ``actor``
@@ -9,13 +9,11 @@ and history is never shown across owners even for an id someone else once used.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from proxy.state.sqlite import Database
+from proxy.state.engine import Row, Target, open_database
 
 Event = Literal["ADD", "UPDATE", "SUPERSEDE", "DELETE"]
 EVENTS: tuple[Event, ...] = ("ADD", "UPDATE", "SUPERSEDE", "DELETE")
@@ -37,7 +35,7 @@ class HistoryEvent:
         return asdict(self)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> HistoryEvent:
+    def from_row(cls, row: Row) -> HistoryEvent:
         return cls(
             memory_id=row["memory_id"], tenant=row["tenant"], user_id=row["user_id"],
             event=row["event"], old_text=row["old_text"], new_text=row["new_text"],
@@ -46,10 +44,10 @@ class HistoryEvent:
 
 
 class MemoryHistory:
-    """Blocking (sqlite3), thread-safe; shares the data dir's database with the job queue."""
+    """Blocking, thread-safe; in the database the job queue uses (SQLite file or Postgres)."""
 
-    def __init__(self, path: Path):
-        self._db = Database(path)
+    def __init__(self, target: Target, *, pool_size: int = 8):
+        self._db = open_database(target, pool_size=pool_size)
 
     def record(self, events: Iterable[HistoryEvent]) -> None:
         rows = [

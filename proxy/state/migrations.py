@@ -1,0 +1,107 @@
+"""The schema of every durable table, as ordered, named migrations shared by both engines.
+
+Each migration runs once, in order, inside a transaction, and is recorded in ``_migrations``
+(SQLite: proxy/state/sqlite.py; Postgres: proxy/state/postgres.py). Append new migrations at
+the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Extraction jobs (proxy/extraction/jobs.py). One row per finished exchange; no API key, ever.
+_JOBS = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    exchange_hash TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    user_texts TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    model TEXT NOT NULL,
+    has_caller_key INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued'
+        CHECK (state IN ('queued', 'running', 'waiting_key', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT,
+    result TEXT,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX jobs_by_state ON jobs (state, run_after, id);
+CREATE INDEX jobs_by_owner ON jobs (owner, state, id);
+CREATE INDEX jobs_by_exchange ON jobs (exchange_hash, created_at);
+"""
+
+# Memory history (proxy/memory/history.py): one row per change of a memory, with its owner.
+_MEMORY_HISTORY = """
+CREATE TABLE memory_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    memory_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('ADD', 'UPDATE', 'SUPERSEDE', 'DELETE')),
+    old_text TEXT,
+    new_text TEXT,
+    created_at REAL NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX memory_history_by_memory ON memory_history (memory_id, id);
+CREATE INDEX memory_history_by_owner ON memory_history (tenant, user_id, id);
+"""
+
+# Proxy keys (proxy/gateway/keys.py): only a SHA-256 of each key is stored, never the key.
+_API_KEYS = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    user_id TEXT,
+    name TEXT,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);
+"""
+
+# Per owner (tenant + user), for replicas sharing one database (proxy/state/owners.py):
+# ``version`` counts the owner's memory writes (a replica's cached index is fresh while its
+# version matches), ``forgotten_at`` is the owner's last forget (work begun before it
+# writes nothing, on any replica).
+_OWNER_STATE = """
+CREATE TABLE owner_state (
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    forgotten_at REAL,
+    PRIMARY KEY (tenant, user_id)
+);
+"""
+
+# (name, SQL script). Append only. One history for both engines: the scripts are written
+# in the SQL both accept; proxy/state/postgres.py maps SQLite's storage types on the way.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001_jobs", _JOBS),
+    ("0002_memory_history", _MEMORY_HISTORY),
+    ("0003_api_keys", _API_KEYS),
+    ("0004_owner_state", _OWNER_STATE),
+)
+
+
+def split_statements(script: str) -> list[str]:
+    """Complete statements of a script (executescript() would COMMIT our transaction)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]}")
+    return statements
