@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from proxy.gateway.chat import COUNT_HEADER, STATUS_HEADER
+from proxy.gateway.flow import COUNT_HEADER, STATUS_HEADER
 
 log = logging.getLogger("memproxy.access")
 

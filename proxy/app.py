@@ -25,8 +25,12 @@ from proxy.errors import MemoryUnavailable, ProxyError, error_body
 from proxy.extraction.extractor import Extractor
 from proxy.extraction.queue import JobQueue
 from proxy.extraction.workers import ExtractionWorkers
+from proxy.gateway.anthropic_upstream import AnthropicUpstream
 from proxy.gateway.auth import open_authenticator
-from proxy.gateway.chat import ChatCompletions, ChatServices
+from proxy.gateway.dialects.anthropic_messages import AnthropicMessagesDialect
+from proxy.gateway.dialects.chat_completions import ChatCompletionsDialect
+from proxy.gateway.dialects.responses import ResponsesDialect
+from proxy.gateway.flow import GatewayServices, MemoryFlow
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.providers import load_litellm
 from proxy.gateway.upstream import HttpUpstream
@@ -102,6 +106,7 @@ def create_app(
         app.state.auth = auth
         metrics = Metrics()
         upstream = HttpUpstream(settings, upstream_transport)
+        anthropic = AnthropicUpstream(settings, upstream_transport)
         memory_error: str | None = None
         retriever: Retriever | None = None
         extractor: Extractor | None = None
@@ -128,12 +133,15 @@ def create_app(
         if extractor is not None:
             metrics.extraction_usage = extractor.usage
             metrics.extraction_guards = extractor.guard_events
-        services = ChatServices(settings, upstream, retriever, jobs, metrics, memory_error)
+        services = GatewayServices(settings, upstream, retriever, jobs, metrics, memory_error)
         services.store = opened_store
         services.auth = auth
         app.state.services = services
-        app.state.chat = ChatCompletions(services)
-        app.state.passthrough = Passthrough(upstream)
+        app.state.chat = MemoryFlow(services, ChatCompletionsDialect())
+        app.state.responses = MemoryFlow(services, ResponsesDialect())
+        app.state.messages = MemoryFlow(services, AnthropicMessagesDialect(), anthropic)
+        app.state.passthrough = Passthrough(upstream, settings)
+        app.state.anthropic_passthrough = Passthrough(anthropic, settings, "/v1/messages/")
         app.state.memories = None
         if opened_store is not None and opened_embedder is not None and retriever is not None:
             app.state.memories = MemoriesAPI(MemoryServices(
@@ -148,6 +156,7 @@ def create_app(
                 await jobs.stop(settings.jobs.shutdown_grace_seconds)
                 jobs.queue.close()
             await upstream.aclose()
+            await anthropic.aclose()
             auth.close()
             if opened_store is not None and store is None:
                 opened_store.close()
@@ -155,9 +164,24 @@ def create_app(
     async def chat(request: Request) -> Any:
         return await request.app.state.chat(request)
 
+    async def responses(request: Request) -> Any:
+        return await request.app.state.responses(request)
+
+    async def messages(request: Request) -> Any:
+        return await request.app.state.messages(request)
+
     async def passthrough(request: Request) -> Any:
         request.app.state.auth.admit(request.headers)  # keys mode: a proxy key, or 401
         return await request.app.state.passthrough(request)
+
+    async def anthropic_passthrough(request: Request) -> Any:
+        """count_tokens, batches …: Anthropic's other /v1/messages/* routes, unchanged."""
+        state = request.app.state
+        try:
+            state.auth.admit(AnthropicMessagesDialect().auth_view(request.headers))
+            return await state.anthropic_passthrough(request)
+        except ProxyError as exc:
+            return AnthropicMessagesDialect().error_response(exc)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -168,7 +192,7 @@ def create_app(
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
-        services: ChatServices = request.app.state.services
+        services: GatewayServices = request.app.state.services
         text = services.metrics.render()
         if services.jobs is not None:
             text += render_job_metrics(await services.jobs.stats(), services.jobs.counts)
@@ -181,6 +205,10 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/responses", responses, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/{path:path}", anthropic_passthrough, methods=methods),
         *memory_routes(settings.identity.max_id_length),
         Route("/v1/{path:path}", passthrough, methods=methods),
     ]

@@ -35,6 +35,8 @@ DEFAULT_CONFIG_FILE = Path("config.yaml")  # read when present in the working di
 ENV_ALIASES: dict[str, str] = {
     "UPSTREAM_URL": "upstream.url",
     "UPSTREAM_API_KEY": "upstream.api_key",
+    "ANTHROPIC_URL": "anthropic.url",
+    "ANTHROPIC_API_KEY": "anthropic.api_key",
     "DATA_DIR": "data_dir",
     "ADMIN_KEY": "admin_key",
     "EXTRACTION_MODE": "extraction.mode",
@@ -89,13 +91,42 @@ class UpstreamSettings(_Section):
         return value.strip()
 
 
+class AnthropicSettings(_Section):
+    """The Anthropic-compatible upstream of /v1/messages (the request goes to url/v1/messages)."""
+
+    url: str = "https://api.anthropic.com"
+    api_key: SecretStr | None = None  # unset: the caller's x-api-key is passed through
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return UpstreamSettings._http_url(value)
+
+
 class IdentitySettings(_Section):
-    user_headers: list[str] = Field(default_factory=lambda: ["X-User-Id"])
+    # The first one present wins. Open WebUI sends X-OpenWebUI-User-Id and
+    # X-OpenWebUI-Chat-Id with ENABLE_FORWARD_USER_INFO_HEADERS=true.
+    user_headers: list[str] = Field(default_factory=lambda: ["X-User-Id", "X-OpenWebUI-User-Id"])
     agent_header: str = "X-Agent-Id"
-    session_header: str = "X-Session-Id"
+    session_headers: list[str] = Field(
+        default_factory=lambda: ["X-Session-Id", "X-OpenWebUI-Chat-Id"]
+    )
     mode_header: str = "X-Memory-Mode"
     default_mode: Literal["on", "off", "read", "write"] = "on"
     max_id_length: int = Field(default=256, ge=1)
+    # Whether the user, agent and session headers (and Open WebUI's X-OpenWebUI-*) go on to
+    # the provider. The proxy's control headers (mode, signature) never do.
+    forward_headers: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_session_header(cls, data: Any) -> Any:
+        # Before session_headers: `session_header: X-Session-Id` (one name) still works.
+        if isinstance(data, dict) and "session_header" in data:
+            data = dict(data)
+            one = data.pop("session_header")
+            data.setdefault("session_headers", [one] if isinstance(one, str) else one)
+        return data
 
 
 class EmbeddingSettings(_Section):
@@ -259,6 +290,7 @@ class Settings(_Section):
     admin_key: SecretStr | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -283,6 +315,11 @@ class Settings(_Section):
     @property
     def upstream_base(self) -> str:
         return self.upstream.url.rstrip("/")
+
+    @property
+    def anthropic_base(self) -> str:
+        """Without a trailing /v1: both spellings of the base URL are accepted."""
+        return self.anthropic.url.rstrip("/").removesuffix("/v1")
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -10,6 +10,7 @@
     ├── NotFound                    404 code=not_found
     ├── MethodNotAllowed            405 code=method_not_allowed
     ├── Conflict                    409 code=conflict
+    ├── NotConfigured               503 code=not_configured
     └── UpstreamError               502/504 upstream_error
         ├── UpstreamUnreachable     502 code=upstream_unreachable
         └── UpstreamTimeout         504 code=upstream_timeout
@@ -102,6 +103,14 @@ class Conflict(ProxyError):
     status_code = 409
     error_type = "invalid_request_error"
     code = "conflict"
+
+
+class NotConfigured(ProxyError):
+    """A route that needs a setting the operator has not made."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "not_configured"
 
 
 class UpstreamError(ProxyError):

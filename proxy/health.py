@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import anyio
 
-from proxy.gateway.chat import ChatServices
+from proxy.gateway.flow import GatewayServices
 
 PROBE_USER = "memproxy-readiness-probe"
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -23,7 +23,7 @@ async def _answers(fn: object, *args: object) -> bool:
     return True
 
 
-async def readiness(services: ChatServices) -> dict[str, bool]:
+async def readiness(services: GatewayServices) -> dict[str, bool]:
     """memory: the store opened and answers; jobs: the job database answers; worker: the
     extraction workers run. With extraction off, jobs and worker are not needed."""
     store = services.store

@@ -13,7 +13,11 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.upstream.url == "https://api.openai.com/v1"
     assert settings.data_dir == Path("./data")
     assert settings.extraction.mode == "llm" and settings.extraction.model == ""
-    assert settings.identity.user_headers == ["X-User-Id"]
+    # Open WebUI's user-info headers are recognised without any setting (issue 10).
+    assert settings.identity.user_headers == ["X-User-Id", "X-OpenWebUI-User-Id"]
+    assert settings.identity.session_headers == ["X-Session-Id", "X-OpenWebUI-Chat-Id"]
+    assert settings.identity.forward_headers is True
+    assert settings.anthropic.url == "https://api.anthropic.com"
 
 
 def test_shipped_config_yaml_equals_the_defaults() -> None:

@@ -1,7 +1,9 @@
 """Who is calling: tenant, user, agent, session and the memory mode of one request.
 
 The user comes from the first configured user header that is present (default
-``X-User-Id``), else from the body: ``user``, ``safety_identifier``, ``metadata.user_id``.
+``X-User-Id``, then Open WebUI's ``X-OpenWebUI-User-Id``), else from the body: ``user``,
+``safety_identifier``, ``metadata.user_id`` (Anthropic's).
+The session likewise: ``X-Session-Id``, then Open WebUI's ``X-OpenWebUI-Chat-Id``.
 Accepted ids: 1..max_id_length printable characters, no control characters.
 The tenant namespaces memories (tenant A's ``user_42`` is not tenant B's); it comes from the
 caller's proxy key in keys mode (proxy/gateway/auth.py) and is ``default`` otherwise.
@@ -118,10 +120,11 @@ def resolve_identity(
                 f"got {raw_mode[:40]!r}"
             )
         mode = wanted  # type: ignore[assignment]
+    session_header = next((n for n in settings.session_headers if n in headers), None)
     return Identity(
         user_id=user_id,
         agent_id=optional(settings.agent_header),
-        session_id=optional(settings.session_header),
+        session_id=optional(session_header) if session_header is not None else None,
         mode=mode,
         tenant=tenant,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from proxy.config import Settings
+from proxy.gateway.forwarding import outgoing_headers
 from proxy.gateway.relay import RelayResponse
 from proxy.gateway.upstream import HttpUpstream, iter_raw, response_headers
 
@@ -15,12 +17,18 @@ async def _body(request: Request):  # type: ignore[no-untyped-def]
 
 
 class Passthrough:
-    def __init__(self, upstream: HttpUpstream):
+    """``prefix`` is put before the route's ``path`` (``/v1/messages/`` for Anthropic's)."""
+
+    def __init__(self, upstream: HttpUpstream, settings: Settings, prefix: str = "/"):
         self._upstream = upstream
+        self._settings = settings
+        self._prefix = prefix
 
     async def __call__(self, request: Request) -> RelayResponse:
         upstream = self._upstream
-        headers = upstream.request_headers(request.headers.items())
+        headers = upstream.request_headers(
+            outgoing_headers(request.headers.items(), self._settings)
+        )
         length = request.headers.get("content-length")
         has_body = bool(length and length != "0") or "transfer-encoding" in request.headers
         if length:
@@ -28,7 +36,7 @@ class Passthrough:
             headers.append(("content-length", length))
         response = await upstream.send(
             request.method,
-            "/" + request.path_params["path"],
+            self._prefix + request.path_params["path"],
             query=request.url.query.encode("latin-1"),
             headers=headers,
             content=_body(request) if has_body else None,

@@ -1,4 +1,4 @@
-"""Server-sent events: a tee that assembles a streamed chat completion as it passes."""
+"""Server-sent events: tees that read a stream as it passes (never altering or holding it)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,30 @@ class ChatStreamAssembler:
 def encode_event(data: dict[str, Any] | str) -> bytes:
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {text}\n\n".encode()
+
+
+class JsonEventReader:
+    """Splits raw SSE bytes into the JSON objects of their ``data:`` lines, as they complete.
+
+    For streams whose events are typed objects (the Responses and Anthropic Messages APIs);
+    an event that is not a JSON object is skipped.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data.replace(b"\r\n", b"\n")
+        events: list[dict[str, Any]] = []
+        while b"\n\n" in self._buffer:
+            event, self._buffer = self._buffer.split(b"\n\n", 1)
+            payload = b"\n".join(
+                line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+            )
+            try:
+                parsed = json.loads(payload) if payload else None
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                events.append(parsed)
+        return events

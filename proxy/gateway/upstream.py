@@ -54,6 +54,21 @@ def _header_bytes(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(encode(name), encode(value)) for name, value in headers]
 
 
+def with_accept_encoding(
+    headers: list[tuple[str, str]], identity_encoding: bool
+) -> list[tuple[str, str]]:
+    """The encodings the upstream may answer with: what the client accepts, never more.
+
+    Without a header of the client's, httpx would add its own default (gzip …) and a
+    passthrough would hand the client a body it never asked to decode. ``identity_encoding``:
+    we read the answer ourselves (for extraction), so it must come uncompressed.
+    """
+    if identity_encoding or not any(n.lower() == "accept-encoding" for n, _ in headers):
+        headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
+        headers.append(("accept-encoding", "identity"))
+    return headers
+
+
 def translate_transport_error(exc: httpx.HTTPError) -> UpstreamError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}")
@@ -95,11 +110,7 @@ class HttpUpstream:
         if self._api_key is not None:
             headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
             headers.append(("authorization", f"Bearer {self._api_key}"))
-        if identity_encoding:
-            # We read chat answers for extraction; compressed bytes would hide them.
-            headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
-            headers.append(("accept-encoding", "identity"))
-        return headers
+        return with_accept_encoding(headers, identity_encoding)
 
     def caller_api_key(self, incoming: Mapping[str, str]) -> str | None:
         """The key the upstream will see: ours if configured, else the caller's (memory only)."""

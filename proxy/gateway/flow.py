@@ -1,10 +1,16 @@
-"""The /chat/completions flow: identify → retrieve → inject → forward → enqueue extraction."""
+"""The memory flow, written once for every API dialect (proxy/gateway/dialects/):
+
+identify → retrieve → inject → forward → tee → enqueue extraction.
+
+Fail open: a memory layer that is down, slow or failing costs the request its memories, never
+the request itself (``X-Memory-Status: degraded``). Streams are relayed as they arrive; the
+extraction job is stored only after the answer completed.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -17,36 +23,35 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy import strict_json
 from proxy.config import Settings
-from proxy.errors import InvalidRequest, PayloadTooLarge
-from proxy.extraction.jobs import ExtractionJob, owner_of
+from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.extraction.workers import ExtractionWorkers
 from proxy.gateway.auth import Authenticator
+from proxy.gateway.dialects import Dialect, StreamAssembler
+from proxy.gateway.finish import Finish, valid_text
+from proxy.gateway.forwarding import outgoing_headers
 from proxy.gateway.identity import Identity, resolve_identity
 from proxy.gateway.providers import complete_via_litellm, open_litellm_stream
 from proxy.gateway.relay import RelayResponse
-from proxy.gateway.sse import ChatStreamAssembler
 from proxy.gateway.upstream import (
     HttpUpstream,
     iter_raw,
     response_headers,
     translate_transport_error,
 )
-from proxy.memory.injection import inject_memory_block, render_memory_block
+from proxy.memory.injection import render_memory_block
 from proxy.memory.retrieval import Retriever, build_query, message_text
 from proxy.memory.store import MemoryStore
 from proxy.metrics import Metrics
 
-log = logging.getLogger("memproxy.chat")
+log = logging.getLogger("memproxy.flow")
 
 STATUS_HEADER = "x-memory-status"
 COUNT_HEADER = "x-memory-injected"
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
-class ChatServices:
+class GatewayServices:
     settings: Settings
     upstream: HttpUpstream
     retriever: Retriever | None
@@ -61,7 +66,7 @@ class ChatServices:
 class MemoryOutcome:
     status: str  # injected | none | skipped | degraded
     count: int = 0
-    messages: list[Any] | None = None  # the messages to forward, when changed
+    block: str | None = None  # the rendered memory block, when there is one to inject
 
     def headers(self) -> list[tuple[str, str]]:
         return [(STATUS_HEADER, self.status), (COUNT_HEADER, str(self.count))]
@@ -81,24 +86,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_chat_body(raw: bytes) -> dict[str, Any]:
-    body = strict_json.parse(raw)
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequest("each item of 'messages' must be an object", param="messages")
-    return body
-
-
-def valid_text(text: str) -> str:
-    """Text fit for the store: a lone surrogate ("\\ud800" parses as JSON but is no valid
-    Unicode) becomes U+FFFD; everything else (NUL, emoji, right-to-left) stays as it is."""
-    return LONE_SURROGATE.sub("\ufffd", text)
-
-
 def new_user_turn(messages: list[Any]) -> list[str]:
     """The user's messages after the last assistant message: what is new in this request."""
     texts: list[str] = []
@@ -111,17 +98,8 @@ def new_user_turn(messages: list[Any]) -> list[str]:
     return [t for t in reversed(texts) if t.strip()]
 
 
-def assistant_text_of(completion: bytes) -> str | None:
-    try:
-        data = json.loads(completion)
-        content = data["choices"][0]["message"].get("content")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return message_text(content)
-
-
 async def _tee(
-    source: AsyncGenerator[bytes, None], assembler: ChatStreamAssembler
+    source: AsyncGenerator[bytes, None], assembler: StreamAssembler
 ) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in source:
@@ -131,31 +109,48 @@ async def _tee(
         await source.aclose()
 
 
-class ChatCompletions:
-    def __init__(self, services: ChatServices):
+class MemoryFlow:
+    """One endpoint: ``dialect`` reads and writes its API's bodies, ``upstream`` answers."""
+
+    def __init__(self, services: GatewayServices, dialect: Dialect,
+                 upstream: HttpUpstream | None = None):
         self.s = services
+        self.dialect = dialect
+        self.upstream = upstream or services.upstream
 
     async def __call__(self, request: Request) -> Response | RelayResponse:
+        try:
+            return await self._handle(request)
+        except ProxyError as exc:
+            return self.dialect.error_response(exc)
+
+    async def _handle(self, request: Request) -> Response | RelayResponse:
         settings = self.s.settings
+        dialect = self.dialect
         raw = await read_body(request, settings.server.max_body_bytes)
-        body = parse_chat_body(raw)
+        body = dialect.parse(raw)
         auth = self.s.auth
         identity = (
-            auth.identify(request.headers, body) if auth is not None
+            auth.identify(dialect.auth_view(request.headers), body) if auth is not None
             else resolve_identity(request.headers, body, settings.identity)
         )
-        outcome = await self._memories(identity, body["messages"], body.get("model"))
+        conversation = dialect.conversation(body)
+        outcome = await self._memories(identity, conversation, body.get("model"))
         self.s.metrics.memory_status[outcome.status] += 1
-        if outcome.messages is not None:
-            forwarded = {**body, "messages": outcome.messages}
+        if outcome.block is not None:
+            forwarded = dialect.inject(body, outcome.block)
             raw = _dump_json(forwarded)
         else:
             forwarded = body
-        finish = self._finisher(request, identity, body)
-        route = settings.models.get(str(body.get("model")))
+        finish = Finish(
+            self.s.jobs, identity, self.upstream.caller_api_key(request.headers),
+            [valid_text(text) for text in new_user_turn(conversation)],
+            dialect.extraction_model(body), conversation,
+        )
+        route = settings.models.get(str(body.get("model"))) if dialect.uses_model_routes else None
         if route is not None:
-            if body.get("stream") is True:
-                assembler = ChatStreamAssembler()
+            if dialect.wants_stream(body):
+                assembler = dialect.stream_assembler()
                 source = await open_litellm_stream(forwarded, route)
                 finish.announce()
                 return RelayResponse(
@@ -170,7 +165,9 @@ class ChatCompletions:
             finish.announce()
             return JSONResponse(
                 result, headers=dict(outcome.headers()),
-                background=BackgroundTask(finish, assistant_text_of(json.dumps(result).encode())),
+                background=BackgroundTask(
+                    finish, dialect.reply_text(json.dumps(result).encode())
+                ),
             )
         return await self._forward_http(request, raw, body, outcome, finish)
 
@@ -182,15 +179,16 @@ class ChatCompletions:
         outcome: MemoryOutcome,
         finish: Finish,
     ) -> Response | RelayResponse:
-        upstream = self.s.upstream
+        upstream = self.upstream
+        incoming = outgoing_headers(request.headers.items(), self.s.settings)
         response = await upstream.send(
-            "POST", "/chat/completions",
+            "POST", self.dialect.upstream_path,
             query=request.url.query.encode("latin-1"),
-            headers=upstream.request_headers(request.headers.items(), identity_encoding=True),
+            headers=upstream.request_headers(incoming, identity_encoding=True),
             content=raw,
         )
         headers = response_headers(response, keep_encoding=False) + outcome.headers()
-        streaming = body.get("stream") is True and response.is_success
+        streaming = self.dialect.wants_stream(body) and response.is_success
         if not streaming:
             try:
                 content = await response.aread()
@@ -202,9 +200,9 @@ class ChatCompletions:
             background = None
             if response.is_success:
                 finish.announce()
-                background = BackgroundTask(finish, assistant_text_of(content))
+                background = BackgroundTask(finish, self.dialect.reply_text(content))
             return _raw_response(content, response.status_code, headers, background)
-        assembler = ChatStreamAssembler()
+        assembler = self.dialect.stream_assembler()
         finish.announce()
 
         async def on_finish(completed: bool) -> None:
@@ -248,62 +246,7 @@ class ChatCompletions:
         self.s.metrics.observe_retrieval(time.perf_counter() - started)
         if not found:
             return MemoryOutcome("none")
-        injected, _ = inject_memory_block(messages, render_memory_block(found))
-        return MemoryOutcome("injected", len(found), injected)
-
-    def _finisher(self, request: Request, identity: Identity, body: dict[str, Any]) -> Finish:
-        # Read the key now: the request object is gone when a stream finishes.
-        api_key = self.s.upstream.caller_api_key(request.headers)
-        user_texts = [valid_text(text) for text in new_user_turn(body["messages"])]
-        return Finish(self.s.jobs, identity, api_key, user_texts, body)
-
-
-
-class Finish:
-    """After a successful response: enqueue the exchange (durable, off the hot path).
-
-    ``announce()`` runs when the response is known to succeed, before it is sent, so that
-    ``GET /v1/users/{id}/jobs`` counts the exchange from the moment the client has its answer.
-    """
-
-    def __init__(
-        self, jobs: ExtractionWorkers | None, identity: Identity, api_key: str | None,
-        user_texts: list[str], body: dict[str, Any],
-    ):
-        self._jobs = jobs
-        self._identity = identity
-        self._api_key = api_key
-        self._user_texts = user_texts
-        self._body = body
-        self._token: int | None = None
-        # When the user spoke: the job's time, so a forget while the upstream answers covers
-        # this exchange too (proxy/memory/forget_fence.py).
-        self._said_at = time.time()
-
-    def announce(self) -> None:
-        jobs = self._jobs
-        if jobs is not None and self._identity.writes and self._user_texts and self._token is None:
-            self._token = jobs.answered.add(owner_of(self._identity))
-
-    async def __call__(self, assistant_text: str | None) -> None:
-        jobs = self._jobs
-        try:
-            if jobs is None or assistant_text is None:
-                return
-            identity = self._identity
-            await jobs.saw_caller(identity, self._api_key)  # may wake this user's parked jobs
-            if not identity.writes or not self._user_texts:
-                return
-            job = ExtractionJob(
-                identity=identity, user_texts=self._user_texts,
-                assistant_text=valid_text(assistant_text), model=str(self._body.get("model", "")),
-                created_at=self._said_at,
-            )
-            await jobs.submit(job, self._api_key, self._body["messages"])
-        finally:
-            if jobs is not None and self._token is not None:
-                jobs.answered.discard(self._token)
-                self._token = None
+        return MemoryOutcome("injected", len(found), render_memory_block(found))
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:

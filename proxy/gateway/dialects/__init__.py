@@ -1,0 +1,62 @@
+"""API dialects: what one chat API looks like to the memory flow (proxy/gateway/flow.py).
+
+A dialect knows only its API:
+- ``parse``: the request body, checked just enough to find the conversation (a bad body is
+  an ``InvalidRequest`` — rendered by ``error_response`` in the API's own error shape);
+- ``conversation``: the request's turns as chat-shaped text messages (``{"role", "content"}``:
+  the query, the new user turn and the exchange's identity are read from them);
+- ``inject``: the body with the memory block placed where this API keeps instructions;
+- ``reply_text`` / ``stream_assembler``: the assistant's answer from a body or a stream;
+- ``upstream_path``: where the body goes under its upstream's base URL;
+- ``auth_view``: the request's headers with the caller's key where proxy auth looks for it.
+
+Adding an API is one module here and its tests: the flow does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from starlette.responses import Response
+
+from proxy.errors import ProxyError
+
+
+class StreamAssembler(Protocol):
+    """Fed the raw bytes of a streamed answer as they pass; never alters or holds them."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+
+class Dialect(Protocol):
+    name: str
+    upstream_path: str
+    # Model names listed under `models:` go through litellm (the chat completions API only).
+    uses_model_routes: bool
+
+    def parse(self, raw: bytes) -> dict[str, Any]: ...
+
+    def conversation(self, body: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def inject(self, body: dict[str, Any], block: str) -> dict[str, Any]: ...
+
+    def wants_stream(self, body: dict[str, Any]) -> bool: ...
+
+    def reply_text(self, content: bytes) -> str | None: ...
+
+    def stream_assembler(self) -> StreamAssembler: ...
+
+    def extraction_model(self, body: dict[str, Any]) -> str: ...
+
+    def error_response(self, exc: ProxyError) -> Response: ...
+
+    def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """The headers as proxy keys and the admin-key check read them (``Authorization``)."""
+        ...

@@ -1,0 +1,74 @@
+"""OpenAI Chat Completions (``POST /v1/chat/completions``).
+
+The query and the new user turn are the trailing ``user`` messages; the memory block is one
+system message right after the caller's leading system/developer messages (the caller's
+prompt-cache prefix stays as it was); the reply is ``choices[0].message.content``, or the
+``delta.content`` of choice 0 in a stream that ends with ``[DONE]`` or a finish reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.responses import Response
+
+from proxy import strict_json
+from proxy.errors import InvalidRequest, ProxyError
+from proxy.gateway.sse import ChatStreamAssembler
+from proxy.memory.injection import inject_memory_block
+from proxy.memory.retrieval import message_text
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    body = strict_json.parse(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+class ChatCompletionsDialect:
+    name = "chat_completions"
+    upstream_path = "/chat/completions"
+    uses_model_routes = True
+
+    def parse(self, raw: bytes) -> dict[str, Any]:
+        body = parse_json_object(raw)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise InvalidRequest("each item of 'messages' must be an object", param="messages")
+        return body
+
+    def conversation(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = body["messages"]
+        return messages
+
+    def inject(self, body: dict[str, Any], block: str) -> dict[str, Any]:
+        messages, _ = inject_memory_block(body["messages"], block)
+        return {**body, "messages": messages}
+
+    def wants_stream(self, body: dict[str, Any]) -> bool:
+        return body.get("stream") is True
+
+    def reply_text(self, content: bytes) -> str | None:
+        try:
+            data = json.loads(content)
+            text = data["choices"][0]["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        return message_text(text)
+
+    def stream_assembler(self) -> ChatStreamAssembler:
+        return ChatStreamAssembler()
+
+    def extraction_model(self, body: dict[str, Any]) -> str:
+        return str(body.get("model", ""))
+
+    def error_response(self, exc: ProxyError) -> Response:
+        return exc.to_response()
+
+    def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        return headers
