@@ -183,6 +183,21 @@ class RetrievalSettings(_Section):
         return self
 
 
+class ConversationSettings(_Section):
+    """Cache-friendly injection and long-chat trimming (memory/conversation.py, trimming.py)."""
+
+    # Keep the block a conversation's first turn chose (byte-identical prefix); later finds
+    # go late, just before the newest user message. False: re-chosen every turn.
+    stable_block: bool = True
+    late_max: int = Field(default=4, ge=0)  # memories added late per turn
+    conversations_kept: int = Field(default=10_000, ge=1)
+    # Tokens of history forwarded at most; 0: no trimming. Header X-Memory-History-Budget.
+    history_budget: int = Field(default=0, ge=0)
+    trim_step: int = Field(default=0, ge=0)  # tokens the cut moves by; 0: half the budget
+    recall_share: float = Field(default=0.25, ge=0, le=0.9)  # of the budget: recalled turns
+    keep_last: int = Field(default=4, ge=0)  # turns before the newest user turn, never cut
+
+
 class ExtractionSettings(_Section):
     mode: Literal["llm", "raw", "off"] = "llm"
     model: str = ""  # empty: the request's own model through the same upstream
@@ -295,6 +310,7 @@ class Settings(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     state: StateSettings = Field(default_factory=StateSettings)
