@@ -64,13 +64,15 @@ def test_user_ids_with_slashes_are_exported_and_forgotten_never_forwarded(
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/v1/users", 404), ("GET", "/v1/usersX", 404), ("GET", "/v1/users/", 405),
+    ("POST", "/v1/users", 405), ("GET", "/v1/usersX", 404), ("GET", "/v1/users/", 405),
     ("GET", "/v1/users/ann/unknown", 405), ("POST", "/v1/users/ann", 405),
     ("PUT", "/v1/memories", 405), ("GET", "/v1/memories/a/b/c", 404),
     ("GET", "/v1/memories/", 404), ("PUT", "/v1/memories/import", 405),
     ("POST", "/v1/memories/x/history", 405), ("OPTIONS", "/v1/memories/search", 405),
     ("OPTIONS", "/v1/users/ann/export", 405), ("DELETE", "/v1/users/ann/export", 405),
-    ("DELETE", "/v1/users/ann/jobs", 405),
+    ("DELETE", "/v1/users/ann/jobs", 405), ("GET", "/v1/memories/explain", 405),
+    ("DELETE", "/v1/memories/jobs", 405), ("GET", "/v1/memories/jobs/retry", 405),
+    ("PATCH", "/v1/memories/injections", 405),
 ])
 def test_no_memory_api_path_reaches_the_upstream(
     proxy: ThreadedServer, upstream: FakeUpstream, method: str, path: str, status: int
@@ -84,7 +86,8 @@ def test_no_memory_api_path_reaches_the_upstream(
     never_forwarded(upstream)
 
 
-@pytest.mark.parametrize("memory_id", ["a/b", "search", "import", ".", "..", " padded "])
+@pytest.mark.parametrize("memory_id", ["a/b", "search", "import", "explain", "injections",
+                                       "jobs", ".", "..", " padded "])
 def test_import_refuses_memory_ids_no_route_can_reach(
     proxy: ThreadedServer, upstream: FakeUpstream, memory_id: str
 ) -> None:

@@ -92,7 +92,9 @@ def optional_id(source: Mapping[str, Any], name: str, max_length: int) -> str | 
 
 
 # Path words after /v1/memories/ that are routes, not memory ids.
-RESERVED_MEMORY_IDS = frozenset({"import", "search", ".", ".."})
+RESERVED_MEMORY_IDS = frozenset(
+    {"import", "search", "explain", "injections", "jobs", ".", ".."}
+)
 
 
 def memory_id_problem(value: str, max_length: int = 256) -> str | None:
@@ -387,7 +389,7 @@ class MemoriesAPI:
             filters=identity_filters(body, self._max_id, body.get("filters")),
             include_superseded=bool_param(body.get("include_superseded", False),
                                           "include_superseded"),
-            budget=False,
+            budget=False,  # and so not recorded as an injection
         )
         return JSONResponse({
             "object": "list",
@@ -407,6 +409,7 @@ class MemoriesAPI:
         counts["jobs"] = (
             await self.run(jobs.delete_owner, Identity(user_id, tenant=tenant)) if jobs else 0
         )
+        self.s.retriever.recent.forget(tenant, user_id)  # a forgotten user leaves no trace
         return JSONResponse({
             "object": "user.deleted", "tenant": tenant, "user_id": user_id, "deleted": counts,
         })

@@ -20,10 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from proxy.api.explain import explain, injections
+from proxy.api.jobs import list_jobs, purge_jobs, retry_jobs
 from proxy.api.memories import RESERVED_MEMORY_IDS, MemoriesAPI
 from proxy.api.openapi import openapi_document
 from proxy.api.transfer import export_user, import_memories
 from proxy.api.user_jobs import user_jobs
+from proxy.api.users import list_users
 from proxy.errors import MemoryUnavailable, MethodNotAllowed, NotFound
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -55,10 +58,16 @@ PATHS: dict[str, dict[str, Operation]] = {
     "/v1/memories": {"GET": _method("list_memories"), "POST": _method("create")},
     "/v1/memories/import": {"POST": import_memories},
     "/v1/memories/search": {"POST": _method("search")},
+    "/v1/memories/explain": {"POST": explain},
+    "/v1/memories/injections": {"GET": injections},
+    "/v1/memories/jobs": {"GET": list_jobs},
+    "/v1/memories/jobs/retry": {"POST": retry_jobs},
+    "/v1/memories/jobs/purge": {"POST": purge_jobs},
     "/v1/memories/{memory_id}": {
         "GET": _method("get"), "PATCH": _method("patch"), "DELETE": _method("delete"),
     },
     "/v1/memories/{memory_id}/history": {"GET": _method("history")},
+    "/v1/users": {"GET": list_users},
     "/v1/users/{user_id}/export": {"GET": export_user},
     "/v1/users/{user_id}/jobs": {"GET": user_jobs},
     "/v1/users/{user_id}": {"DELETE": _method("forget_user")},
