@@ -136,10 +136,11 @@ class _Ranking:
     ranked: Ranked
     top_k: int
 
-    def scored(self, indices: Sequence[int], scores: Sequence[float]) -> list[ScoredMemory]:
-        found = self.found
+    def chosen(self) -> list[ScoredMemory]:
+        """The ranked top_k (before the budget), best first."""
+        found, ranked = self.found, self.ranked
         return [ScoredMemory(found.memories[int(i)], float(score), float(found.dense[int(i)]))
-                for i, score in zip(indices, scores, strict=True)]
+                for i, score in zip(ranked.indices, ranked.scores, strict=True)]
 
 
 class Retriever:
@@ -189,7 +190,7 @@ class Retriever:
         if ranking is None:
             chosen: list[ScoredMemory] = []
         else:
-            chosen = ranking.scored(ranking.ranked.indices, ranking.ranked.scores)
+            chosen = ranking.chosen()
         if not budget:
             return chosen
         decisions = self._budget(chosen, model)
@@ -215,7 +216,7 @@ class Retriever:
         if ranking is None:
             return Explanation(query, [], [], 0, False, 0, settings.max_tokens, settings.top_k,
                                exact, True)
-        chosen = ranking.scored(ranking.ranked.indices, ranking.ranked.scores)
+        chosen = ranking.chosen()
         decisions = self._budget(chosen, model)
         kept = [scored for scored, _, within in decisions if within]
         used = sum(cost for _, cost, within in decisions if within)
