@@ -14,6 +14,7 @@ import unicodedata
 from typing import Any
 
 from proxy import __version__
+from proxy.api.openapi_inspection import inspection_paths, inspection_schemas
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -327,6 +328,7 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "200": _json({"type": "object", "properties": {"deleted": {
                         "type": "object", "additionalProperties": {"type": "integer"}}}})}),
             },
+            **inspection_paths(ident, _op, _json, _query),
             "/v1/chat/completions": _chat_path(),
             "/healthz": {"get": _plain("Liveness", "The process answers")},
             "/readyz": {"get": {**_plain("Readiness: memory store, jobs, workers", "Ready"),
@@ -337,7 +339,7 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                                        "text/plain; version=0.0.4")},
         },
         "components": {
-            "schemas": _schemas(ident),
+            "schemas": {**_schemas(ident), **inspection_schemas(ident)},
             "responses": RESPONSES,
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
