@@ -39,7 +39,7 @@ from proxy.memory.embedding import Embedder, SentenceTransformerEmbedder
 from proxy.memory.retrieval import Retriever
 from proxy.memory.store import ChromaStore, MemoryStore
 from proxy.metrics import Metrics, render_job_metrics
-from proxy.state.sqlite import database_path
+from proxy.state.engine import database_target
 
 log = logging.getLogger("memproxy")
 
@@ -52,9 +52,11 @@ async def _open_memory(
             SentenceTransformerEmbedder, settings.embedding, settings.data_dir
         )
     if store is None:
-        store = await anyio.to_thread.run_sync(
-            ChromaStore, settings.store, settings.data_dir, embedder.dimension
-        )
+        dimension = embedder.dimension
+        store = await anyio.to_thread.run_sync(lambda: ChromaStore(
+            settings.store, settings.data_dir, dimension,
+            state=database_target(settings), pool_size=settings.state.pool_size,
+        ))
     return embedder, store
 
 
@@ -63,8 +65,10 @@ async def _open_jobs(settings: Settings, extractor: Extractor | None) -> Extract
     if settings.extraction.mode == "off":
         return None
     try:
-        path = database_path(settings.data_dir)
-        queue = await anyio.to_thread.run_sync(JobQueue, path, settings.jobs)
+        target = database_target(settings)  # the data dir's SQLite, or the shared Postgres
+        queue = await anyio.to_thread.run_sync(lambda: JobQueue(
+            target, settings.jobs, pool_size=settings.state.pool_size
+        ))
     except Exception as exc:
         log.error("extraction jobs unavailable (%s: %s); exchanges will not be remembered",
                   type(exc).__name__, exc)

@@ -32,11 +32,17 @@ async def readiness(services: GatewayServices) -> dict[str, bool]:
         and store is not None
         and await _answers(store.count_user, PROBE_USER)
     )
+    shared = {}
+    replicas = getattr(store, "replicas", None)
+    if services.settings.state.database_url is not None:
+        # Replicas on Postgres: the shared state (keys, versions, forgets) answers.
+        shared["database"] = replicas is not None and await _answers(replicas.ping)
     if services.settings.extraction.mode == "off":
-        return {"memory": memory, "jobs": True, "worker": True}
+        return {"memory": memory, "jobs": True, "worker": True, **shared}
     jobs = services.jobs
     return {
         "memory": memory,
         "jobs": jobs is not None and await _answers(jobs.queue.ping),
         "worker": jobs is not None and jobs.running,
+        **shared,
     }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fake_upstream import FakeUpstream
 from servers import ThreadedServer
+from shared_servers import chroma_server, database_url, postgres_server  # noqa: F401 (fixtures)
 
 from proxy.app import create_app
 from proxy.config import EmbeddingSettings, Settings, load_settings

@@ -15,11 +15,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "memproxytest"
@@ -121,6 +124,10 @@ class ChromaServer:
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
     def start(self) -> ChromaServer:
         chroma = Path(sys.executable).with_name("chroma")
         env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
@@ -151,3 +158,31 @@ class ChromaServer:
                 self._process.kill()
                 self._process.wait(10)
         self._process = None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One Postgres per test session (tests take fresh databases from it)."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL 15 is not installed (scripts/test-deps installs it)")
+    # Not under pytest's temp dir: that is private to root, and postgres runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="memproxy-pg-"))
+    os.chmod(root, 0o755)
+    server = PostgresServer(root / "pg").start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """One ``chroma run`` per test session (tests use fresh owners in it)."""
+    server = ChromaServer(tmp_path_factory.mktemp("chroma") / "db").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's Postgres."""
+    return postgres_server.new_database()

@@ -29,7 +29,7 @@ from proxy.config import Settings
 from proxy.errors import AuthenticationFailed, NotFound, PermissionDenied
 from proxy.gateway.identity import DEFAULT_TENANT, Identity, header_text, resolve_identity
 from proxy.gateway.keys import TOKEN_PREFIX, KeyStore, ProxyKey
-from proxy.state.sqlite import database_path
+from proxy.state.engine import database_target
 
 log = logging.getLogger("memproxy.auth")
 
@@ -198,7 +198,9 @@ class Authenticator:
 def open_authenticator(settings: Settings) -> Authenticator:
     """Blocking (opens the key table in keys mode). Fails closed: no key store, no start."""
     mode = settings.auth.mode
-    keys = KeyStore(database_path(settings.data_dir)) if mode == "keys" else None
+    keys = KeyStore(
+        database_target(settings), pool_size=settings.state.pool_size
+    ) if mode == "keys" else None
     if keys is not None:
         log.info("auth: keys mode, %d active proxy keys", len(keys.list()))
     elif mode == "signed":

@@ -3,19 +3,37 @@
 A key is shown once, when created; the table ``api_keys`` keeps only its SHA-256 (the token
 is 256 random bits, so a fast hash is enough), a short prefix to recognise it by, the tenant,
 and optionally the one user the key speaks for. Revoked keys stay listed, never match again.
+
+While the database cannot be reached (a shared Postgres restarting), a key this process
+verified within ``RECENT_SECONDS`` is still admitted (no revocation can happen meanwhile:
+the table is unreachable for the CLI too); an unknown key is refused with 503.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from proxy.errors import NotConfigured
 from proxy.state.engine import Row, Target, open_database
 
+log = logging.getLogger("memproxy.auth")
+
 TOKEN_PREFIX = "mp-"
+RECENT_SECONDS = 3600.0
+RECENT_MAX = 10_000
+
+
+class KeysUnavailable(NotConfigured):
+    """The key table cannot be read and the key was not verified recently: 503."""
+
+    code = "keys_unavailable"
 
 
 def hash_token(token: str) -> str:
@@ -56,6 +74,8 @@ class KeyStore:
 
     def __init__(self, target: Target, *, pool_size: int = 8):
         self._db = open_database(target, pool_size=pool_size)
+        self._recent: OrderedDict[str, tuple[ProxyKey, float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def create(
         self, tenant: str, user_id: str | None = None, name: str | None = None
@@ -77,11 +97,29 @@ class KeyStore:
         """The active key with this token, or None."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        rows = self._db.read(
-            "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-            (hash_token(token),),
-        )
-        return ProxyKey.from_row(rows[0]) if rows else None
+        digest = hash_token(token)
+        try:
+            rows = self._db.read(
+                "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,)
+            )
+        except Exception as exc:
+            with self._lock:
+                recent = self._recent.get(digest)
+            if recent is not None and time.monotonic() - recent[1] < RECENT_SECONDS:
+                log.warning("key table unreachable (%s): admitting a recently verified key",
+                            type(exc).__name__)
+                return recent[0]
+            raise KeysUnavailable("the proxy key table is unreachable; try again") from exc
+        key = ProxyKey.from_row(rows[0]) if rows else None
+        with self._lock:
+            if key is None:
+                self._recent.pop(digest, None)
+            else:
+                self._recent[digest] = (key, time.monotonic())
+                self._recent.move_to_end(digest)
+                while len(self._recent) > RECENT_MAX:
+                    self._recent.popitem(last=False)
+        return key
 
     def list(self, tenant: str | None = None, include_revoked: bool = False) -> list[ProxyKey]:
         where, params = ["1 = 1"], []

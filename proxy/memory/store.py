@@ -56,6 +56,8 @@ from proxy.memory.search import (
     search_index,
 )
 from proxy.memory.users import UserSummary, scan_owners
+from proxy.state.engine import Target, is_url
+from proxy.state.owners import SharedOwners
 from proxy.state.sqlite import database_path
 
 __all__ = [
@@ -66,7 +68,10 @@ log = logging.getLogger("memproxy.store")
 
 
 class ChromaStore:
-    def __init__(self, settings: StoreSettings, data_dir: Path, dimension: int):
+    def __init__(
+        self, settings: StoreSettings, data_dir: Path, dimension: int, *,
+        state: Target | None = None, pool_size: int = 8,
+    ):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -89,14 +94,19 @@ class ChromaStore:
                 )
             self._shards = Shards(self._client, settings.shards)
             self._max_batch = max(1, int(self._client.get_max_batch_size()))
-            self.history = MemoryHistory(database_path(data_dir))
+            self.history = MemoryHistory(state or database_path(data_dir), pool_size=pool_size)
+            # Replicas sharing a database: cache freshness and forgets across them.
+            self.replicas = (
+                SharedOwners.open(state, pool_size=pool_size)
+                if state is not None and is_url(state) else None
+            )
         except MemoryUnavailable:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
         self._cache = OwnerCache(settings, self._shards.count)
         self._writes = threading.RLock()
-        self._forgets = ForgetLog()
+        self._forgets = ForgetLog(shared=self.replicas)
 
     def _too_large(self, memory: Memory) -> bool:
         problem = text_size_problem(memory.text, self._settings.max_memory_chars)
@@ -117,6 +127,8 @@ class ChromaStore:
     def _load(self, owner: Owner) -> UserIndex | None:
         """The owner's index, from cache or Chroma; None when too large to cache."""
         shard = self._shards.of(owner)
+        if self.replicas is not None and self.replicas.stale(owner):
+            self._cache.changed(owner, shard, None)  # another replica wrote: reload
         index, too_large, writes = self._cache.lookup(owner, shard)
         if index is not None or too_large:
             return index
@@ -140,6 +152,8 @@ class ChromaStore:
     def _changed(self, owner: Owner, change: Callable[[UserIndex], None] | None = None) -> None:
         """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
         self._cache.changed(owner, self._shards.of(owner), change)
+        if self.replicas is not None:
+            self.replicas.wrote(owner)  # other replicas' next read of the owner reloads
 
     def _read(self, work: Any, *args: Any) -> Any:
         try:
@@ -434,3 +448,5 @@ class ChromaStore:
         self._cache.clear()
         self._shards.close()
         self.history.close()
+        if self.replicas is not None:
+            self.replicas.close()
