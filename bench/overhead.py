@@ -160,12 +160,12 @@ def unique_questions(seed: int) -> Iterator[str]:
 # -- populating the store (in a child process, so only the proxy holds Chroma open) --------
 def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
     from proxy.config import EmbeddingSettings, StoreSettings
-    from proxy.memory.embedding import SentenceTransformerEmbedder
+    from proxy.memory.embedding import open_embedder
     from proxy.memory.store import ChromaStore, Memory
 
     started = time.perf_counter()
     # Exports the ONNX model into the cache (the proxy loads it from there) on the first run.
-    embedder = SentenceTransformerEmbedder(EmbeddingSettings(), CACHE_DIR)
+    embedder = open_embedder(EmbeddingSettings(), CACHE_DIR)
     model_seconds = time.perf_counter() - started
     store = ChromaStore(StoreSettings(), Path(data_dir), embedder.dimension)
     embed_seconds = insert_seconds = 0.0

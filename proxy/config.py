@@ -135,6 +135,11 @@ class EmbeddingSettings(_Section):
     models_dir: str = ""  # empty: data_dir/models (where the ONNX export is kept)
     device: str = "cpu"
     query_cache_size: int = Field(default=2048, ge=0)
+    # One inference thread runs the ONNX model; concurrent queries share a batch of up to
+    # max_batch texts, waiting at most batch_window_ms for more (0: only what is queued).
+    max_batch: int = Field(default=32, ge=1)
+    batch_window_ms: float = Field(default=0.0, ge=0, le=50)
+    inference_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads; 0: one per core
 
 
 class StoreSettings(_Section):

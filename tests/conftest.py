@@ -15,7 +15,7 @@ from shared_servers import chroma_server, database_url, postgres_server  # noqa:
 
 from proxy.app import create_app
 from proxy.config import EmbeddingSettings, Settings, load_settings
-from proxy.memory.embedding import SentenceTransformerEmbedder
+from proxy.memory.embedding import OnnxEmbedder, SentenceTransformerEmbedder, open_embedder
 
 
 class HashingEmbedder:
@@ -76,9 +76,11 @@ def hashing_embedder() -> HashingEmbedder:
 
 
 @pytest.fixture(scope="session")
-def real_embedder(tmp_path_factory: pytest.TempPathFactory) -> SentenceTransformerEmbedder:
-    """The bundled all-MiniLM-L6-v2, ONNX-exported once per test session."""
-    return SentenceTransformerEmbedder(EmbeddingSettings(), tmp_path_factory.mktemp("models"))
+def real_embedder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> OnnxEmbedder | SentenceTransformerEmbedder:
+    """The bundled all-MiniLM-L6-v2 as the proxy serves it, ONNX-exported once per session."""
+    return open_embedder(EmbeddingSettings(), tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

@@ -52,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
+        # The C event loop and HTTP parser: memory-off forwarding 460 → see README (bench).
+        loop="uvloop",
+        http="httptools",
         # Keep-alive past typical client idle time; the access log is ours to keep quiet.
         timeout_keep_alive=30,
         access_log=False,
@@ -69,16 +72,22 @@ def _export_model(args: argparse.Namespace) -> int:
     first start."""
     settings = settings_from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from proxy.memory.embedding import SentenceTransformerEmbedder, onnx_export_dir
+    from proxy.memory.embedding import onnx_export_dir
+    from proxy.memory.model_export import ExportFailed, export_model
 
     if settings.embedding.backend != "onnx":
         print("embedding.backend is torch: there is nothing to export")
         return 0
     target = onnx_export_dir(settings.embedding, settings.data_dir)
-    SentenceTransformerEmbedder(settings.embedding, settings.data_dir)
-    if not (target / "onnx" / "model.onnx").exists():
-        print(f"memproxy: the ONNX export into {target} failed (see above)", file=sys.stderr)
+    try:
+        manifest = export_model(settings.embedding, target)
+    except ExportFailed as exc:
+        print(f"memproxy: the ONNX export into {target} failed: {exc}", file=sys.stderr)
         return 1
+    if not manifest.direct:
+        print(f"embedding model exported (ONNX) in {target}; its pipeline needs "
+              "sentence-transformers at run time (torch)")
+        return 0
     print(f"embedding model ready (ONNX) in {target}")
     return 0
 

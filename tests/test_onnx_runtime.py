@@ -1,0 +1,198 @@
+"""The serving path without torch: the exported model on ONNX Runtime + ``tokenizers``, its
+concurrent queries batched on one inference thread, and a served process that answers its
+first chat with memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fake_upstream import FakeUpstream
+
+from proxy.config import EmbeddingSettings
+from proxy.memory.batcher import InferenceBatcher
+from proxy.memory.embedding import (
+    OnnxEmbedder,
+    SentenceTransformerEmbedder,
+    onnx_export_dir,
+    open_embedder,
+)
+from proxy.memory.onnx_encoder import EncoderManifest
+
+TEXTS = [
+    "User's sister Ana lives in Lisbon.",
+    "What did I tell you about my sister and Lisbon?",
+    "x",
+    "Ünïcödé, emoji 🎉 and a right-to-left word: שלום",
+    "User is building an app in Next.js with a Postgres backend. " * 60,  # truncated
+]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-models")
+
+
+@pytest.mark.e2e
+def test_the_onnx_path_gives_sentence_transformers_vectors_without_importing_torch(
+    models_dir: Path,
+) -> None:
+    settings = EmbeddingSettings()
+    code = (
+        "import sys, json; from pathlib import Path;"
+        "from proxy.config import EmbeddingSettings;"
+        "from proxy.memory.embedding import open_embedder;"
+        f"e = open_embedder(EmbeddingSettings(), Path({str(models_dir)!r}));"
+        f"v = e.embed({TEXTS!r});"
+        "print(json.dumps({'kind': type(e).__name__, 'torch': 'torch' in sys.modules,"
+        "'st': 'sentence_transformers' in sys.modules, 'vectors': v.tolist()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["kind"] == "OnnxEmbedder"
+    assert not got["torch"] and not got["st"]  # the export ran in a child process
+    manifest = EncoderManifest.read(onnx_export_dir(settings, models_dir))
+    assert manifest is not None and manifest.direct and manifest.max_length == 256
+
+    reference = SentenceTransformerEmbedder(settings, models_dir).embed(TEXTS)
+    np.testing.assert_allclose(np.asarray(got["vectors"], dtype=np.float32), reference,
+                               atol=1e-4)
+
+
+@pytest.mark.e2e
+def test_concurrent_queries_share_batches_and_each_gets_its_own_vector(
+    models_dir: Path,
+) -> None:
+    embedder = open_embedder(EmbeddingSettings(query_cache_size=0), models_dir)
+    assert isinstance(embedder, OnnxEmbedder)
+    try:
+        questions = [f"Question {i}: what did I say about {city}?"
+                     for i, city in enumerate(["Lisbon", "Osaka", "Nairobi", "Oslo"] * 16)]
+        alone = np.stack([embedder.embed([q])[0] for q in questions])
+        before = embedder.batcher.batches
+        with ThreadPoolExecutor(32) as pool:
+            together = np.stack(list(pool.map(lambda q: embedder.embed([q])[0], questions)))
+        np.testing.assert_allclose(together, alone, atol=1e-5)
+        assert embedder.batcher.batches - before < len(questions)  # some ran together
+    finally:
+        embedder.close()
+
+
+def test_a_bulk_job_does_not_hold_a_query_behind_it() -> None:
+    order: list[str] = []
+    started = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        started.set()
+        time.sleep(0.01)
+        order.append(texts[0].split()[0])
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    batcher = InferenceBatcher(encode, 2, max_batch=64)
+    try:
+        bulk = threading.Thread(target=batcher.encode, args=([f"bulk {i}" for i in range(640)],))
+        bulk.start()
+        started.wait(5)
+        assert batcher.encode(["query now"]).shape == (1, 2)
+        bulk.join(10)
+        assert order.index("query") <= 2  # after at most the chunks already taken
+        assert len(order) == 11
+    finally:
+        batcher.close()
+
+
+def test_a_failing_model_fails_its_callers_and_the_thread_goes_on() -> None:
+    calls = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        if "boom" in texts:
+            raise RuntimeError("model failed")
+        return np.zeros((len(texts), 3), dtype=np.float32)
+
+    batcher = InferenceBatcher(encode, 3)
+    try:
+        with pytest.raises(RuntimeError, match="model failed"):
+            batcher.encode(["boom"])
+        assert batcher.encode(["fine", "too"]).shape == (2, 3)
+        assert batcher.encode([]).shape == (0, 3)
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.encode(["after close"])
+
+
+@pytest.mark.e2e
+def test_a_served_proxy_holds_no_torch_and_its_first_chat_is_served_with_memory(
+    tmp_path: Path, models_dir: Path,
+) -> None:
+    data = tmp_path / "data"
+    with FakeUpstream() as upstream:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MEMPROXY_")},
+            "MEMPROXY_DATA_DIR": str(data), "MEMPROXY_UPSTREAM_URL": upstream.url,
+            "MEMPROXY_EXTRACTION_MODE": "off", "MEMPROXY_EMBEDDING__MODELS_DIR": str(models_dir),
+            "HF_HUB_OFFLINE": "1", "MEMPROXY_PORT": str(_free_port()),
+        }
+        base = f"http://127.0.0.1:{env['MEMPROXY_PORT']}"
+        first = _serve(env)
+        try:
+            _wait_ready(base, first)
+            added = httpx.post(base + "/v1/memories", json={
+                "user_id": "ana", "infer": False, "text": "My sister lives in Lisbon."})
+            assert added.status_code in (200, 201), added.text
+        finally:
+            first.terminate()
+            first.wait(30)
+        served = _serve(env)  # a restart: nothing cached, the model not yet run
+        try:
+            _wait_ready(base, served)
+            maps = Path(f"/proc/{served.pid}/maps").read_text()
+            assert "libtorch" not in maps and "torch/lib" not in maps
+            reply = httpx.post(base + "/v1/chat/completions", headers={"X-User-Id": "ana"},
+                               json={"model": "m", "messages": [
+                                   {"role": "user", "content": "Where does my sister live?"}]},
+                               timeout=30)
+            assert reply.status_code == 200
+            assert reply.headers["x-memory-status"] == "injected"
+            assert "Lisbon" in json.dumps(upstream.chat_requests()[-1].json["messages"])
+        finally:
+            served.terminate()
+            served.wait(30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "proxy", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the proxy exited"
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the proxy did not become ready")
