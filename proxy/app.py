@@ -34,8 +34,8 @@ from proxy.gateway.flow import GatewayServices, MemoryFlow
 from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.providers import load_litellm
 from proxy.gateway.upstream import HttpUpstream
-from proxy.health import readiness
-from proxy.memory.embedding import Embedder, SentenceTransformerEmbedder
+from proxy.health import readiness, warm_up
+from proxy.memory.embedding import Embedder, open_embedder
 from proxy.memory.retrieval import Retriever
 from proxy.memory.store import ChromaStore, MemoryStore
 from proxy.metrics import Metrics, render_job_metrics
@@ -49,7 +49,7 @@ async def _open_memory(
 ) -> tuple[Embedder, MemoryStore]:
     if embedder is None:
         embedder = await anyio.to_thread.run_sync(
-            SentenceTransformerEmbedder, settings.embedding, settings.data_dir
+            open_embedder, settings.embedding, settings.data_dir
         )
     if store is None:
         dimension = embedder.dimension
@@ -121,6 +121,8 @@ def create_app(
             opened_embedder, opened_store = await _open_memory(settings, embedder, store)
             retriever = Retriever(opened_embedder, opened_store, settings.retrieval)
             extractor = Extractor(settings, opened_embedder, opened_store)
+            # Before "ready": the first chat is not the one that pays for cold code paths.
+            await anyio.to_thread.run_sync(warm_up, retriever)
         except Exception as exc:
             # Fail open: chats still flow, marked X-Memory-Status: degraded.
             memory_error = f"{type(exc).__name__}: {exc}"
@@ -164,6 +166,9 @@ def create_app(
             auth.close()
             if opened_store is not None and store is None:
                 opened_store.close()
+            close_embedder = getattr(opened_embedder, "close", None)
+            if close_embedder is not None and embedder is None:
+                close_embedder()
 
     async def chat(request: Request) -> Any:
         return await request.app.state.chat(request)

@@ -6,12 +6,18 @@ that memories are currently not being read or written.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
 from proxy.gateway.flow import GatewayServices
+from proxy.memory.retrieval import Retriever
+
+log = logging.getLogger("memproxy")
 
 PROBE_USER = "memproxy-readiness-probe"
 PROBE_TIMEOUT_SECONDS = 1.0
+WARM_UP_QUERY = "What did I tell you about my sister's trip to Lisbon in May?"
 
 
 async def _answers(fn: object, *args: object) -> bool:
@@ -46,3 +52,13 @@ async def readiness(services: GatewayServices) -> dict[str, bool]:
         "worker": jobs is not None and jobs.running,
         **shared,
     }
+
+
+def warm_up(retriever: Retriever) -> None:
+    """One retrieval before the server says it is ready (blocking; run it in a thread): the
+    model's first run (graph optimisation, allocations, ~100 ms) and the store's first read
+    are paid here, not by the first chat, which would come back degraded."""
+    try:
+        retriever.retrieve(PROBE_USER, WARM_UP_QUERY)
+    except Exception as exc:  # the chat path fails open on its own; say so now
+        log.warning("memory warm-up failed (%s: %s)", type(exc).__name__, exc)
