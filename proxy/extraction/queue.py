@@ -20,9 +20,13 @@ The extraction result is saved in the row before it is applied, so a replay appl
 facts (with the same memory ids) instead of asking the model again.
 
 The caller's API key is never a column: it stays in process memory
-(proxy/extraction/workers.py). The user's texts are stored with secrets redacted
-(proxy/extraction/secrets.py, the filter facts go through), and a done job keeps none of
-them: not the texts, not the facts of its result.
+(proxy/extraction/workers.py). Replicas on a shared database: a job records its ``origin``, the
+process that took the request and holds that key; a job carrying a caller's key is claimed by
+its origin first, and by any replica once it has been due for ``lease_seconds`` (its origin
+is gone, or busy). The user's next request, on any replica, makes that replica its origin.
+The user's texts are stored with secrets redacted (proxy/extraction/secrets.py, the filter
+facts go through), and a done job keeps none of them: not the texts, not the facts of its
+result.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class JobQueue(JobAdmin):
     """
 
     # -- producing ------------------------------------------------------------------------
-    def enqueue(self, job: ExtractionJob) -> int | None:
+    def enqueue(self, job: ExtractionJob, origin: str | None = None) -> int | None:
         """Store the job; None when the same exchange is already queued or done."""
         now = self._clock()
         since = now - self._settings.dedupe_window_seconds
@@ -71,15 +75,15 @@ class JobQueue(JobAdmin):
             ).fetchone()
             cursor = conn.execute(
                 "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
-                " model, has_caller_key, created_at, run_after, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " model, has_caller_key, created_at, run_after, updated_at, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     job.owner, job.exchange_hash,
                     json.dumps(dataclasses.asdict(job.identity), ensure_ascii=False),
                     json.dumps([redact_secrets(t) for t in job.user_texts], ensure_ascii=False),
                     redact_secrets(job.assistant_text),
                     job.model, int(job.has_caller_key), job.created_at,
-                    max(now + self._settings.coalesce_wait_seconds, ahead or now), now,
+                    max(now + self._settings.coalesce_wait_seconds, ahead or now), now, origin,
                 ),
             )
             return int(cursor.fetchone()[0])
@@ -96,6 +100,13 @@ class JobQueue(JobAdmin):
         lease_until = now + self._settings.lease_seconds
         max_attempts = self._settings.max_attempts
         lock = self.dialect.claim_lock
+        # Replicas: another replica's job that needs its caller's key waits for that replica
+        # a while (one process alone: every origin but itself is a past life, not waited for).
+        affinity = (
+            " AND (j.has_caller_key = 0 OR j.origin IS NULL OR j.origin = :me"
+            " OR j.run_after <= :stale)" if self.dialect.shared else ""
+        )
+        params = {"now": now, "me": worker, "stale": now - self._settings.lease_seconds}
 
         def work(conn: Connection) -> ExtractionJob | None:
             while True:
@@ -105,11 +116,11 @@ class JobQueue(JobAdmin):
                         " AND NOT EXISTS (SELECT 1 FROM jobs AS e WHERE e.owner = j.owner"
                         "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
                         f" ORDER BY {order} LIMIT 1{lock}",
-                        {"now": now},
+                        params,
                     ).fetchone()
                     for state, due, order in (
                         ("running", "j.lease_until < :now", "j.id"),
-                        ("queued", "j.run_after <= :now", "j.run_after, j.id"),
+                        ("queued", f"j.run_after <= :now{affinity}", "j.run_after, j.id"),
                     )
                 ]
                 found = [row for row in rows if row is not None]
@@ -319,12 +330,14 @@ class JobQueue(JobAdmin):
             (now,), now + self._settings.key_wait_seconds,
         )
 
-    def wake(self, owner: str) -> int:
+    def wake(self, owner: str, origin: str | None = None) -> int:
+        """The owner's parked jobs queued again; ``origin``: the process now holding the key."""
         now = self._clock()
         def work(conn: Connection) -> int:
             woken = conn.execute(
-                "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?"
-                " WHERE owner = ? AND state = 'waiting_key'", (now, now, owner),
+                "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?,"
+                " origin = coalesce(?, origin) WHERE owner = ? AND state = 'waiting_key'",
+                (now, now, origin, owner),
             ).rowcount
             if woken:  # their followers were held for the key too
                 conn.execute("UPDATE jobs SET run_after = ? WHERE owner = ? AND state = 'queued'",

@@ -170,7 +170,7 @@ class ExtractionWorkers:
         if owner in self._waiting_owners:
             self._waiting_owners.discard(owner)
             try:
-                if await self._db(self.queue.wake, owner):
+                if await self._db(self.queue.wake, owner, self.token):
                     self._wake.set()
             except Exception as exc:
                 log.warning("could not wake parked jobs: %s", type(exc).__name__)
@@ -184,7 +184,7 @@ class ExtractionWorkers:
         def enqueue() -> int | None:
             if conversation and not job.exchange_hash:
                 job.exchange_hash = exchange_hash(job.identity, conversation)
-            return self.queue.enqueue(job)
+            return self.queue.enqueue(job, self.token)
 
         try:
             job_id: int | None = await self._db(enqueue)

@@ -83,6 +83,12 @@ CREATE TABLE owner_state (
 );
 """
 
+# The process that took the request (and holds the caller's key in memory): with replicas,
+# a job that needs that key goes to that replica first (proxy/extraction/queue.py).
+_JOB_ORIGIN = """
+ALTER TABLE jobs ADD COLUMN origin TEXT;
+"""
+
 # (name, SQL script). Append only. One history for both engines: the scripts are written
 # in the SQL both accept; proxy/state/postgres.py maps SQLite's storage types on the way.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -90,6 +96,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0002_memory_history", _MEMORY_HISTORY),
     ("0003_api_keys", _API_KEYS),
     ("0004_owner_state", _OWNER_STATE),
+    ("0005_job_origin", _JOB_ORIGIN),
 )
 
 
