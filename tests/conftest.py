@@ -63,6 +63,7 @@ def settings(tmp_path: Path, upstream: FakeUpstream) -> Settings:
         overrides={
             "data_dir": str(tmp_path / "data"),
             "upstream.url": upstream.url,
+            "anthropic.url": upstream.url,  # the fake speaks /v1/messages too
             "upstream.connect_timeout": 2.0,
             "extraction.mode": "raw",
             "store.shards": 4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import itertools
 import json
@@ -21,6 +22,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fake_apis import (
+    ANTHROPIC_MESSAGES_PATH,
+    RESPONSES_PATH,
+    anthropic_error,
+    message_object,
+    messages_events,
+    messages_last_user_text,
+    response_object,
+    responses_events,
+    responses_last_user_text,
+)
 from servers import ThreadedServer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -185,6 +197,11 @@ class FakeUpstream:
         # model: tests/hostile_model.py); it wins over the two knobs above.
         self.structured_reply: Callable[[dict[str, Any]], str] | None = None
         self.stream_chunks = 5
+        # A stream that stops after this many events, with no end (no [DONE], no
+        # response.completed, no message_stop): a provider that dropped the connection.
+        self.truncate_after: int | None = None
+        # Responses the Responses API stored (store: true): previous_response_id must name one.
+        self.stored_responses: set[str] = set()
         self.chunk_delay = 0.0
         self.response_delay = 0.0
         self.extraction_delay = 0.0  # extra delay for structured (extraction) calls only
@@ -234,6 +251,17 @@ class FakeUpstream:
         """POST /v1/chat/completions requests that are not extraction calls."""
         with self._lock:
             return [r for r in self.requests if r.is_chat and not r.is_extraction]
+
+    def responses_requests(self) -> list[RecordedRequest]:
+        """POST /v1/responses requests (OpenAI Responses API)."""
+        with self._lock:
+            return [r for r in self.requests if (r.method, r.path) == ("POST", RESPONSES_PATH)]
+
+    def messages_requests(self) -> list[RecordedRequest]:
+        """POST /v1/messages requests (Anthropic Messages API)."""
+        with self._lock:
+            return [r for r in self.requests
+                    if (r.method, r.path) == ("POST", ANTHROPIC_MESSAGES_PATH)]
 
     def extraction_requests(self) -> list[RecordedRequest]:
         """Chat completion requests asking for structured (json) output."""
@@ -286,6 +314,10 @@ class FakeUpstream:
         route = (recorded.method, recorded.path.rstrip("/"))
         if route == ("POST", CHAT_PATH):
             return self._chat_completions(recorded)
+        if route == ("POST", RESPONSES_PATH):
+            return self._responses(recorded)
+        if route == ("POST", ANTHROPIC_MESSAGES_PATH):
+            return self._messages(recorded)
         if route == ("GET", "/v1/models"):
             return self._models(recorded)
         if route == ("POST", "/v1/embeddings"):
@@ -407,15 +439,86 @@ class FakeUpstream:
             if not completed:
                 self.stream_cancelled.set()
 
+    def _reply_for(self, last_user_text: str) -> str:
+        queued = self._pop(self.replies)
+        echo = LONE_SURROGATE.sub("\ufffd", last_user_text)
+        return queued if queued is not None else "echo: " + echo
+
+    async def _relay(self, events: list[str]) -> AsyncIterator[str]:
+        """Events with chunk_delay between them; truncate_after cuts the stream short."""
+        completed = False
+        try:
+            for i, event in enumerate(events):
+                if self.truncate_after is not None and i >= self.truncate_after:
+                    completed = True  # cut short on purpose: not a client disconnect
+                    return
+                if i and self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                yield event
+            completed = True
+        finally:
+            if not completed:
+                self.stream_cancelled.set()
+
+    def _responses(self, req: RecordedRequest) -> Response:
+        body = req.json
+        if not isinstance(body, dict):
+            return JSONResponse(
+                _error_body("Request body must be a JSON object", "invalid_request_error", None),
+                status_code=400,
+            )
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored_responses:
+            error = _error_body(f"Previous response with id '{previous}' not found.",
+                                "invalid_request_error", "previous_response_not_found")
+            error["error"]["param"] = "previous_response_id"
+            return JSONResponse(error, status_code=400)
+        n = next(self._ids)
+        response_id = f"resp_fake{n}"
+        if body.get("store", True) is not False:
+            self.stored_responses.add(response_id)
+        content = self._reply_for(responses_last_user_text(body))
+        headers = {"x-request-id": f"fake-{n}"}
+        if body.get("stream"):
+            events = responses_events(response_id, body,
+                                      _split_evenly(content, self.stream_chunks))
+            return StreamingResponse(self._relay(events), media_type="text/event-stream",
+                                     headers=headers)
+        return JSONResponse(response_object(response_id, body, content, "completed"),
+                            headers=headers)
+
+    def _messages(self, req: RecordedRequest) -> Response:
+        body = req.json
+        if "anthropic-version" not in req.headers:
+            return JSONResponse(anthropic_error(
+                "invalid_request_error", "anthropic-version: header is required"
+            ), status_code=400)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return JSONResponse(anthropic_error(
+                "invalid_request_error", "messages: Field required"), status_code=400)
+        n = next(self._ids)
+        message_id = f"msg_fake{n}"
+        content = self._reply_for(messages_last_user_text(body))
+        headers = {"request-id": f"req_fake{n}"}
+        if body.get("stream"):
+            events = messages_events(message_id, body, _split_evenly(content, self.stream_chunks))
+            return StreamingResponse(self._relay(events), media_type="text/event-stream",
+                                     headers=headers)
+        return JSONResponse(message_object(message_id, body, content), headers=headers)
+
     def _models(self, req: RecordedRequest) -> Response:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
-            },
-            # Lets passthrough tests check the proxy forwarded the query string intact.
-            headers={"x-seen-query": req.query},
-        )
+        listing = {
+            "object": "list",
+            "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
+        }
+        # Lets passthrough tests check the proxy forwarded the query string intact.
+        headers = {"x-seen-query": req.query}
+        if "gzip" in req.headers.get("accept-encoding", ""):
+            # Like a real provider behind a CDN: compressed for any client that accepts it.
+            return Response(gzip.compress(json.dumps(listing).encode()),
+                            media_type="application/json",
+                            headers={**headers, "content-encoding": "gzip"})
+        return JSONResponse(listing, headers=headers)
 
     def _embeddings(self, req: RecordedRequest) -> Response:
         body = req.json if isinstance(req.json, dict) else {}
