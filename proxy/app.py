@@ -141,6 +141,7 @@ def create_app(
             metrics.extraction_guards = extractor.guard_events
         services = GatewayServices(settings, upstream, retriever, jobs, metrics, memory_error)
         services.store = opened_store
+        services.embedder = opened_embedder
         services.auth = auth
         app.state.services = services
         app.state.chat = MemoryFlow(services, ChatCompletionsDialect())

@@ -93,6 +93,7 @@ def shared_proxy(data_dir: Path, **overrides: Any) -> Iterator[tuple[ThreadedSer
             overrides={
                 "data_dir": str(data_dir),
                 "upstream.url": upstream.url,
+                "anthropic.url": upstream.url,  # the fake speaks /v1/messages too
                 "upstream.connect_timeout": 2.0,
                 "extraction.mode": "raw",
                 "store.shards": 4,

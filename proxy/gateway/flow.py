@@ -33,15 +33,18 @@ from proxy.gateway.forwarding import outgoing_headers
 from proxy.gateway.identity import Identity, resolve_identity
 from proxy.gateway.providers import complete_via_litellm, open_litellm_stream
 from proxy.gateway.relay import RelayResponse
+from proxy.gateway.shaping import RequestShaper, Shaped
 from proxy.gateway.upstream import (
     HttpUpstream,
     iter_raw,
     response_headers,
     translate_transport_error,
 )
-from proxy.memory.injection import render_memory_block
+from proxy.memory.embedding import Embedder
+from proxy.memory.injection import render_late_block, render_memory_block
 from proxy.memory.retrieval import Retriever, build_query, message_text
-from proxy.memory.store import MemoryStore
+from proxy.memory.store import MemoryStore, ScoredMemory
+from proxy.memory.trimming import Turn, render_recalled
 from proxy.metrics import Metrics
 
 log = logging.getLogger("memproxy.flow")
@@ -60,6 +63,13 @@ class GatewayServices:
     memory_error: str | None = None  # the memory layer could not be opened
     store: MemoryStore | None = None
     auth: Authenticator | None = None  # None: no proxy keys, no signatures (tests)
+    embedder: Embedder | None = None
+    shaper: RequestShaper | None = None  # made from the above on first use
+
+    def request_shaper(self) -> RequestShaper:
+        if self.shaper is None:
+            self.shaper = RequestShaper(self.settings, self.store, self.embedder)
+        return self.shaper
 
 
 @dataclass
@@ -67,9 +77,12 @@ class MemoryOutcome:
     status: str  # injected | none | skipped | degraded
     count: int = 0
     block: str | None = None  # the rendered memory block, when there is one to inject
+    late: str | None = None  # this turn's additions, at the newest user turn
+    shaped: Shaped | None = None
 
     def headers(self) -> list[tuple[str, str]]:
-        return [(STATUS_HEADER, self.status), (COUNT_HEADER, str(self.count))]
+        extra = self.shaped.headers() if self.shaped is not None else []
+        return [(STATUS_HEADER, self.status), (COUNT_HEADER, str(self.count)), *extra]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -135,13 +148,19 @@ class MemoryFlow:
             else resolve_identity(request.headers, body, settings.identity)
         )
         conversation = dialect.conversation(body)
-        outcome = await self._memories(identity, conversation, body.get("model"))
+        budget = self.s.request_shaper().budget(request.headers)
+        outcome = await self._memories(identity, conversation, body, budget)
         self.s.metrics.memory_status[outcome.status] += 1
+        forwarded = body
+        shaped = outcome.shaped
+        if shaped is not None and shaped.plan.trimmed:
+            forwarded = dialect.without(forwarded, shaped.plan.start, shaped.plan.end)
         if outcome.block is not None:
-            forwarded = dialect.inject(body, outcome.block)
+            forwarded = dialect.inject(forwarded, outcome.block)
+        if outcome.late is not None:
+            forwarded = dialect.inject_late(forwarded, outcome.late)
+        if forwarded is not body:
             raw = _dump_json(forwarded)
-        else:
-            forwarded = body
         finish = Finish(
             self.s.jobs, identity, self.upstream.caller_api_key(request.headers),
             [valid_text(text) for text in new_user_turn(conversation)],
@@ -213,8 +232,9 @@ class MemoryFlow:
         )
 
     async def _memories(
-        self, identity: Identity, messages: list[Any], model: Any = None
+        self, identity: Identity, messages: list[Any], body: dict[str, Any], budget: int
     ) -> MemoryOutcome:
+        model = body.get("model")
         retriever = self.s.retriever
         if not identity.reads:
             return MemoryOutcome("skipped")
@@ -227,12 +247,25 @@ class MemoryFlow:
         user_id = identity.user_id
         assert user_id is not None
         started = time.perf_counter()
+        model_name = model if isinstance(model, str) else None
+        shaper = self.s.request_shaper()
+
+        def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped]:
+            found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name)
+            turns: list[Turn] = []
+            if budget > 0:
+                count = partial(retriever.tokens.count, model=model_name)
+                turns = self.dialect.history(body, lambda text: count(text))
+            plan = shaper.plan(turns, budget)
+            return found, shaper.shape(
+                identity.tenant, user_id, identity.session_id, messages, found, query,
+                turns, plan, budget,
+            )
+
         try:
             with anyio.fail_after(self.s.settings.retrieval.timeout_ms / 1000):
-                found = await anyio.to_thread.run_sync(
-                    partial(retriever.retrieve, user_id, query, tenant=identity.tenant,
-                            model=model if isinstance(model, str) else None),
-                    abandon_on_cancel=True,
+                found, shaped = await anyio.to_thread.run_sync(
+                    retrieve_and_shape, abandon_on_cancel=True
                 )
         except TimeoutError:
             self.s.metrics.memory_failures["timeout"] += 1
@@ -244,9 +277,12 @@ class MemoryFlow:
                         type(exc).__name__, exc)
             return MemoryOutcome("degraded")
         self.s.metrics.observe_retrieval(time.perf_counter() - started)
-        if not found:
-            return MemoryOutcome("none")
-        return MemoryOutcome("injected", len(found), render_memory_block(found))
+        block = render_memory_block(shaped.stable) if shaped.stable else None
+        recalled = [render_recalled([turn]) for turn in shaped.recalled]
+        late = render_late_block(shaped.late, recalled) if shaped.late or recalled else None
+        if block is None and late is None:
+            return MemoryOutcome("none", shaped=shaped)
+        return MemoryOutcome("injected", shaped.count, block, late, shaped)
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:

@@ -85,16 +85,21 @@ def plan_trim(
     while end < limit and dropped < target:
         dropped += turns[end].tokens
         end += 1
-    # Never split a tool call from its result: the kept part starts at a turn of its own.
-    while end < limit and turns[end].attached:
+    # The kept part starts at a user turn of its own: never a tool result apart from its
+    # call, never an assistant answer apart from its question (some APIs require it).
+    while end < limit and not _opens_exchange(turns[end]):
         dropped += turns[end].tokens
         end += 1
-    while end > start and end < len(turns) and turns[end].attached:
+    while end > start and end < len(turns) and not _opens_exchange(turns[end]):
         end -= 1
         dropped -= turns[end].tokens
     if end <= start:
         return TrimPlan(kept_tokens=total)
     return TrimPlan(start, end, dropped, total - dropped)
+
+
+def _opens_exchange(turn: Turn) -> bool:
+    return turn.role == "user" and not turn.attached
 
 
 def render_recalled(turns: Sequence[Turn]) -> str:

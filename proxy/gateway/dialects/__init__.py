@@ -6,6 +6,10 @@ A dialect knows only its API:
 - ``conversation``: the request's turns as chat-shaped text messages (``{"role", "content"}``:
   the query, the new user turn and the exchange's identity are read from them);
 - ``inject``: the body with the memory block placed where this API keeps instructions;
+- ``inject_late``: the body with a per-turn block at the newest user turn, where a block that
+  changes every turn breaks no cached prefix (proxy/gateway/shaping.py);
+- ``history`` / ``without``: the request's own history as trimmable turns, and the body with
+  a range of them left out (proxy/memory/trimming.py);
 - ``reply_text`` / ``stream_assembler``: the assistant's answer from a body or a stream;
 - ``upstream_path``: where the body goes under its upstream's base URL;
 - ``auth_view``: the request's headers with the caller's key where proxy auth looks for it.
@@ -15,12 +19,14 @@ Adding an API is one module here and its tests: the flow does not change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from starlette.responses import Response
 
 from proxy.errors import ProxyError
+from proxy.memory.trimming import Turn
 
 
 class StreamAssembler(Protocol):
@@ -47,6 +53,12 @@ class Dialect(Protocol):
 
     def inject(self, body: dict[str, Any], block: str) -> dict[str, Any]: ...
 
+    def inject_late(self, body: dict[str, Any], block: str) -> dict[str, Any]: ...
+
+    def history(self, body: dict[str, Any], count: Callable[[str], int]) -> list[Turn]: ...
+
+    def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]: ...
+
     def wants_stream(self, body: dict[str, Any]) -> bool: ...
 
     def reply_text(self, content: bytes) -> str | None: ...
@@ -60,3 +72,10 @@ class Dialect(Protocol):
     def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """The headers as proxy keys and the admin-key check read them (``Authorization``)."""
         ...
+
+
+def item_tokens(item: Any, text: str, count: Callable[[str], int]) -> int:
+    """Tokens of one history item: its text, or its JSON when it carries more than text."""
+    if isinstance(item, dict) and isinstance(item.get("content"), str) and len(item) <= 2:
+        return count(text)
+    return count(json.dumps(item, ensure_ascii=False, default=str))

@@ -14,16 +14,18 @@ raises itself on this route are in Anthropic's shape
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError
+from proxy.gateway.dialects import item_tokens
 from proxy.gateway.dialects.chat_completions import parse_json_object
 from proxy.gateway.sse import JsonEventReader
 from proxy.memory.retrieval import message_text
+from proxy.memory.trimming import Turn
 
 # litellm's provider prefix: extraction calls for these exchanges go to anthropic.url.
 EXTRACTION_PREFIX = "anthropic/"
@@ -116,6 +118,35 @@ class AnthropicMessagesDialect:
         else:
             blocks = list(system or [])
         return {**body, "system": [*blocks, {"type": "text", "text": block}]}
+
+    def inject_late(self, body: dict[str, Any], block: str) -> dict[str, Any]:
+        # Messages alternate user/assistant: the block is one more text block at the end of
+        # the newest user message, after the caller's blocks, so a cache_control breakpoint
+        # there still marks the very prefix the caller sent.
+        messages: list[Any] = list(body["messages"])
+        at = next((i for i in range(len(messages) - 1, -1, -1)
+                   if _as_message(messages[i])["role"] == "user"), None)
+        if at is None:
+            return body
+        content = messages[at].get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) \
+            else list(content or [])
+        messages[at] = {**messages[at], "content": [*blocks, {"type": "text", "text": block}]}
+        return {**body, "messages": messages}
+
+    def history(self, body: dict[str, Any], count: Callable[[str], int]) -> list[Turn]:
+        turns = []
+        for message in body["messages"]:
+            plain = _as_message(message)
+            role = str(plain["role"])
+            turns.append(Turn(role, str(plain["content"]),
+                              item_tokens(message, str(plain["content"]), count),
+                              attached=role == "tool"))
+        return turns
+
+    def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+        messages = body["messages"]
+        return {**body, "messages": [*messages[:start], *messages[end:]]}
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True

@@ -9,16 +9,18 @@ prompt-cache prefix stays as it was); the reply is ``choices[0].message.content`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
 
 from proxy import strict_json
 from proxy.errors import InvalidRequest, ProxyError
+from proxy.gateway.dialects import item_tokens
 from proxy.gateway.sse import ChatStreamAssembler
 from proxy.memory.injection import inject_memory_block
 from proxy.memory.retrieval import message_text
+from proxy.memory.trimming import Turn
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -26,6 +28,16 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
+
+
+def newest_user_turn(items: list[Any], is_user: Callable[[Any], bool]) -> int:
+    """Where the trailing run of user items starts (the new user turn); the end if none."""
+    at = len(items)
+    while at > 0 and is_user(items[at - 1]):
+        at -= 1
+    if at == len(items):  # the last item is not the user's: place before the last user item
+        at = next((i for i in range(len(items) - 1, -1, -1) if is_user(items[i])), len(items))
+    return at
 
 
 class ChatCompletionsDialect:
@@ -49,6 +61,25 @@ class ChatCompletionsDialect:
     def inject(self, body: dict[str, Any], block: str) -> dict[str, Any]:
         messages, _ = inject_memory_block(body["messages"], block)
         return {**body, "messages": messages}
+
+    def inject_late(self, body: dict[str, Any], block: str) -> dict[str, Any]:
+        messages: list[Any] = body["messages"]
+        at = newest_user_turn(messages, lambda m: m.get("role") == "user")
+        late = {"role": "system", "content": block}
+        return {**body, "messages": [*messages[:at], late, *messages[at:]]}
+
+    def history(self, body: dict[str, Any], count: Callable[[str], int]) -> list[Turn]:
+        turns = []
+        for message in body["messages"]:
+            role = str(message.get("role"))
+            text = message_text(message.get("content"))
+            turns.append(Turn(role, text, item_tokens(message, text, count),
+                              attached=role in ("tool", "function")))
+        return turns
+
+    def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+        messages = body["messages"]
+        return {**body, "messages": [*messages[:start], *messages[end:]]}
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True

@@ -22,15 +22,17 @@ The reply: the ``output_text`` parts of the ``message`` items in ``output``; str
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, ProxyError
-from proxy.gateway.dialects.chat_completions import parse_json_object
+from proxy.gateway.dialects import item_tokens
+from proxy.gateway.dialects.chat_completions import newest_user_turn, parse_json_object
 from proxy.gateway.sse import JsonEventReader
 from proxy.memory.retrieval import message_text
+from proxy.memory.trimming import Turn
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 LEADING_ROLES = ("system", "developer")
@@ -63,6 +65,15 @@ def _output_text(response: Any) -> str | None:
                 if isinstance(text, str):
                     texts.append(text)
     return "".join(texts) if texts else None
+
+
+def _input_items(body: dict[str, Any]) -> list[Any]:
+    raw = body.get("input")
+    return [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw or [])
+
+
+def _is_user_item(item: Any) -> bool:
+    return item.get("type", "message") == "message" and item.get("role") == "user"
 
 
 class ResponsesStreamAssembler:
@@ -142,6 +153,28 @@ class ResponsesDialect:
             position += 1
         memories = {"type": "message", "role": role, "content": block}
         return {**body, "input": [*items[:position], memories, *items[position:]]}
+
+    def inject_late(self, body: dict[str, Any], block: str) -> dict[str, Any]:
+        items = _input_items(body)
+        at = newest_user_turn(items, _is_user_item)
+        late = {"type": "message", "role": "developer", "content": block}
+        return {**body, "input": [*items[:at], late, *items[at:]]}
+
+    def history(self, body: dict[str, Any], count: Callable[[str], int]) -> list[Turn]:
+        if not isinstance(body.get("input"), list):
+            return []  # a string input is only the new turn: nothing to leave out
+        turns = []
+        for item in body["input"]:
+            message = _item_as_message(item) or {"role": "assistant", "content": ""}
+            role = str(message["role"])
+            turns.append(Turn(role, str(message["content"]),
+                              item_tokens(item, str(message["content"]), count),
+                              attached=role == "tool"))
+        return turns
+
+    def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+        items = _input_items(body)
+        return {**body, "input": [*items[:start], *items[end:]]}
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True
