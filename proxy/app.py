@@ -21,6 +21,7 @@ from proxy.access_log import AccessLog
 from proxy.api.memories import MemoriesAPI, MemoryServices
 from proxy.api.routes import memory_routes
 from proxy.config import Settings
+from proxy.console.routes import console_routes
 from proxy.errors import MemoryUnavailable, ProxyError, error_body
 from proxy.extraction.extractor import Extractor
 from proxy.extraction.queue import JobQueue
@@ -220,6 +221,7 @@ def create_app(
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/{path:path}", anthropic_passthrough, methods=methods),
         *memory_routes(settings.identity.max_id_length),
+        *(console_routes() if settings.server.console else []),
         Route("/v1/{path:path}", passthrough, methods=methods),
     ]
 
