@@ -183,7 +183,8 @@ class Retriever:
         API passes its ``limit`` and ``filters`` and skips the token budget, ranking the
         same way. ``score`` is the fused score (0–1, relative to the user's other memories:
         the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
-        With the budget (a chat request), the choice is recorded in ``recent``.
+        With the budget (a chat request) for a user with memories, the choice is recorded in
+        ``recent`` (the ring of recent injections).
         """
         started = time.perf_counter()
         ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded)
@@ -195,7 +196,7 @@ class Retriever:
             return chosen
         decisions = self._budget(chosen, model)
         kept = [scored for scored, _, within in decisions if within]
-        if query and (limit is None or limit > 0):
+        if ranking is not None:  # a user with memories (not a new user, not the warm-up)
             self._record(user_id, tenant, model, query, decisions, ranking, started)
         return kept
 
@@ -285,7 +286,7 @@ class Retriever:
 
     def _record(
         self, user_id: str, tenant: str, model: str | None, query: str,
-        decisions: Sequence[tuple[ScoredMemory, int, bool]], ranking: _Ranking | None,
+        decisions: Sequence[tuple[ScoredMemory, int, bool]], ranking: _Ranking,
         started: float,
     ) -> None:
         recent = self.recent
@@ -299,7 +300,7 @@ class Retriever:
         recent.record(InjectionRecord(
             at=recent.now(), tenant=tenant, user_id=user_id, model=model, memories=injected,
             used_tokens=sum(m.tokens for m in injected), max_tokens=self._settings.max_tokens,
-            candidates=int(ranking.eligible.sum()) if ranking is not None else 0,
+            candidates=int(ranking.eligible.sum()),
             duration_ms=elapsed_ms, late=elapsed_ms > self._settings.timeout_ms,
             query=query if recent.keep_text else None,
         ))
