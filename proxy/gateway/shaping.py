@@ -96,8 +96,10 @@ class RequestShaper:
         return int(value)
 
     def plan(self, turns: Sequence[Turn], budget: int) -> TrimPlan:
-        if budget <= 0:
-            return TrimPlan(kept_tokens=sum(turn.tokens for turn in turns))
+        total = sum(turn.tokens for turn in turns)
+        if budget <= 0 or total <= budget:
+            return TrimPlan(kept_tokens=total)
+        # Once trimming, part of the budget is kept for the left-out turns that come back.
         history = int(budget * (1 - self._settings.recall_share))
         step = self._settings.trim_step or max(1, history // 2)
         return plan_trim(turns, history, step=step, keep_last=self._settings.keep_last)
