@@ -75,12 +75,33 @@ class RecordedRequest:
 
     @property
     def is_extraction(self) -> bool:
-        return self.is_chat and isinstance(self.json, dict) and _is_structured(self.json)
+        if not isinstance(self.json, dict):
+            return False
+        if (self.method, self.path) == ("POST", ANTHROPIC_MESSAGES_PATH):
+            return _is_anthropic_structured(self.json)
+        return self.is_chat and _is_structured(self.json)
 
 
 def _is_structured(body: dict[str, Any]) -> bool:
     response_format = body.get("response_format")
     return isinstance(response_format, dict) and response_format.get("type") in STRUCTURED_TYPES
+
+
+def _is_anthropic_structured(body: dict[str, Any]) -> bool:
+    """A Messages call with structured output (litellm sends response_format this way)."""
+    output_format = body.get("output_format")
+    return isinstance(output_format, dict) and output_format.get("type") == "json_schema"
+
+
+def _as_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A structured Messages call in chat form, for the extraction stand-ins below."""
+    system = body.get("system")
+    system_text = system if isinstance(system, str) else message_text({"content": system})
+    schema = (body.get("output_format") or {}).get("schema") or {}
+    return {
+        "messages": [{"role": "system", "content": system_text}, *body.get("messages", [])],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+    }
 
 
 def _asks_relation(body: dict[str, Any]) -> bool:
@@ -335,15 +356,7 @@ class FakeUpstream:
                 status_code=400,
             )
         if _is_structured(body):
-            queued = self._pop(self.structured_replies)
-            if queued is not None:
-                content = queued
-            elif self.structured_reply is not None:
-                content = self.structured_reply(body)
-            elif _asks_relation(body):
-                content = json.dumps({"relation": self.judge_relation(body)})
-            else:
-                content = json.dumps({"facts": self.extract_facts(body)})
+            content = self._structured_content(body)
         else:
             queued = self._pop(self.replies)
             # A lone surrogate ("\ud800") parses as JSON but cannot be sent back as UTF-8.
@@ -439,6 +452,17 @@ class FakeUpstream:
             if not completed:
                 self.stream_cancelled.set()
 
+    def _structured_content(self, body: dict[str, Any]) -> str:
+        """The answer to a structured-output (memory extraction) call, in chat form."""
+        queued = self._pop(self.structured_replies)
+        if queued is not None:
+            return str(queued)
+        if self.structured_reply is not None:
+            return self.structured_reply(body)
+        if _asks_relation(body):
+            return json.dumps({"relation": self.judge_relation(body)})
+        return json.dumps({"facts": self.extract_facts(body)})
+
     def _reply_for(self, last_user_text: str) -> str:
         queued = self._pop(self.replies)
         echo = LONE_SURROGATE.sub("\ufffd", last_user_text)
@@ -498,7 +522,10 @@ class FakeUpstream:
                 "invalid_request_error", "messages: Field required"), status_code=400)
         n = next(self._ids)
         message_id = f"msg_fake{n}"
-        content = self._reply_for(messages_last_user_text(body))
+        if _is_anthropic_structured(body):
+            content = self._structured_content(_as_chat_body(body))
+        else:
+            content = self._reply_for(messages_last_user_text(body))
         headers = {"request-id": f"req_fake{n}"}
         if body.get("stream"):
             events = messages_events(message_id, body, _split_evenly(content, self.stream_chunks))

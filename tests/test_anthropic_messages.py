@@ -229,3 +229,19 @@ def test_a_configured_key_replaces_the_callers(
         "hi", "a12")
     sent = upstream.messages_requests()[0].headers
     assert sent["x-api-key"] == "sk-ant-operator" and "authorization" not in sent
+
+
+def test_llm_extraction_of_a_messages_exchange_asks_the_anthropic_upstream(
+    settings: Settings, upstream: FakeUpstream, start_proxy
+) -> None:
+    settings.extraction.mode = "llm"
+    proxy = start_proxy(settings)
+    ask(claude(proxy), f"Hi! {FACT}. Any tips?", "a13")
+    stored = wait_until(lambda: memories_of(proxy.base_url, "a13"))
+    assert stored == ["User is building this in Next.js with a Postgres backend"]
+    calls = upstream.extraction_requests()
+    assert calls and {(r.path, r.json["model"]) for r in calls} == {
+        ("/v1/messages", "claude-sonnet-4-5")}
+    # The caller's Anthropic key, to Anthropic only: nothing went to the OpenAI upstream.
+    assert all(r.headers["x-api-key"] == CALLER_KEY for r in calls)
+    assert not [r for r in upstream.requests if r.path == "/v1/chat/completions"]

@@ -63,6 +63,9 @@ from proxy.gateway.providers import litellm_module, translate_litellm_error
 from proxy.memory.embedding import Embedder
 from proxy.memory.store import Memory, MemoryStore
 
+# The model of a job from /v1/messages (gateway/dialects/anthropic_messages.py): litellm's name.
+ANTHROPIC_JOB_PREFIX = "anthropic/"
+
 __all__ = ["ExtractionFailed", "Extractor", "memory_id", "normalise"]
 
 log = logging.getLogger("memproxy.extraction")
@@ -376,6 +379,11 @@ class Extractor:
         routed = self._settings.models.get(job.model)
         if routed is not None:
             return routed
+        if job.model.startswith(ANTHROPIC_JOB_PREFIX):
+            # An exchange on /v1/messages: its model, on the Anthropic upstream it came through
+            # (the caller's key is an Anthropic key; it never goes to the OpenAI upstream).
+            return ModelRoute(model=job.model, api_key=self._settings.anthropic.api_key,
+                              api_base=self._settings.anthropic_base)
         return ModelRoute(model=f"openai/{job.model}", api_base=upstream)
 
     async def _complete(

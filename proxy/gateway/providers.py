@@ -35,6 +35,8 @@ class ProviderError(ProxyError):
 def load_litellm() -> Any:
     # Without this, importing litellm fetches a price list from the network.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # … and its Anthropic calls fetch a beta-headers list: the copy it ships is used instead.
+    os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
     import litellm
 
     litellm.telemetry = False
