@@ -5,7 +5,7 @@ import { attempt, field, h, link, score, table, when } from "/console/ui.js";
 
 export async function explainPage(root, params) {
   const scope = state.scope;
-  const user = h("input", { name: "user", value: params.user || scope.user_id || "",
+  const user = h("input", { name: "user", value: scope.user_id || params.user || "",
                             autocomplete: "off", required: true, readonly: !!scope.user_id });
   const tenant = h("input", { name: "tenant", value: params.tenant || scope.tenant || "",
                               placeholder: "default", autocomplete: "off" });
