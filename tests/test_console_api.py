@@ -249,3 +249,36 @@ def test_job_queue_for_the_admin(
                       ("purge", {"older_than_seconds": -1}), ("purge", {"colour": 1})):
         assert_openai_error(api.post(f"/v1/memories/jobs/{path}", json=bad), 400)
     assert_openai_error(api.get("/v1/memories/jobs", params={"state": "lost"}), 400)
+
+
+def test_console_files_are_served_strictly(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer]
+) -> None:
+    proxy = start_proxy(settings)
+    moved = httpx.get(proxy.base_url + "/console")
+    assert moved.status_code == 308 and moved.headers["location"] == "/console/"
+    page = httpx.get(proxy.base_url + "/console/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert '<script type="module" src="/console/console.js">' in page.text
+    assert "://" not in page.text  # nothing fetched from another origin
+    script = httpx.get(proxy.base_url + "/console/console.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    for name in ("users.js", "memories.js", "explain.js", "jobs.js", "api.js", "ui.js",
+                 "console.css"):
+        body = httpx.get(f"{proxy.base_url}/console/{name}").text
+        assert "://" not in body, name  # no asset from the internet
+        assert "innerHTML" not in body and "localStorage" not in body, name
+    for bad in ("/console/..%2Fapp.py", "/console/routes.py", "/console/nope.js",
+                "/console/%2e%2e%2f__init__.py"):
+        assert_openai_error(httpx.get(proxy.base_url + bad), 404)
+
+
+def test_console_can_be_turned_off(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer]
+) -> None:
+    settings.server.console = False
+    proxy = start_proxy(settings)
+    assert httpx.get(proxy.base_url + "/console/").status_code == 404
