@@ -207,6 +207,7 @@ def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[byt
     env.update({
         "MEMPROXY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}/v1",
         "MEMPROXY_DATA_DIR": str(data_dir),
+        "MEMPROXY_ANTHROPIC_URL": f"http://127.0.0.1:{fake_port}",  # /v1/messages' upstream
         "MEMPROXY_EXTRACTION_MODE": "off",
         "MEMPROXY_HOST": "127.0.0.1",
         "MEMPROXY_PORT": str(proxy_port),
@@ -238,6 +239,7 @@ class Scenario:
     retrieval_s: float = 0.0
     retrievals: int = 0
     first_request_ms: float | None = None
+    api: str = "chat"  # which API the requests speak (API_PATHS)
 
 
 def chat_body(question: str, stream: bool) -> bytes:
@@ -250,6 +252,28 @@ def chat_body(question: str, stream: bool) -> bytes:
     }
     if stream:
         body["stream"] = True
+    return json.dumps(body).encode()
+
+
+# -- the three APIs with memory (issue 10): the same question in each one's request shape --
+API_PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
+             "messages": "/v1/messages"}
+STREAM_END = {"chat": b"[DONE]", "responses": b"response.completed",
+              "messages": b"message_stop"}
+
+
+def as_api(api: str, chat: bytes) -> bytes:
+    """A chat completions body (chat_body) as the same request in ``api``'s shape."""
+    if api == "chat":
+        return chat
+    parsed = json.loads(chat)
+    body: dict[str, Any] = {"model": parsed["model"], "stream": parsed.get("stream") is True}
+    system, question = (m["content"] for m in parsed["messages"])
+    if api == "responses":
+        body.update(instructions=system, input=question)
+    else:
+        body.update(max_tokens=256, system=system,
+                    messages=[{"role": "user", "content": question}])
     return json.dumps(body).encode()
 
 
@@ -267,10 +291,13 @@ class Load:
         base = self.proxy_url if scenario.via_proxy else self.fake_url
         headers = {"content-type": "application/json", "authorization": "Bearer sk-bench",
                    **scenario.headers}
-        return base + "/v1/chat/completions", headers
+        if scenario.api == "messages":
+            headers["anthropic-version"] = "2023-06-01"
+        return base + API_PATHS[scenario.api], headers
 
     async def one(self, scenario: Scenario, body: bytes) -> float:
         url, headers = self._target(scenario)
+        body = as_api(scenario.api, body)
         started = time.perf_counter()
         async with self.session.post(url, data=body, headers=headers) as response:
             await response.read()
@@ -283,12 +310,13 @@ class Load:
 
     async def first_byte(self, scenario: Scenario, body: bytes) -> float:
         url, headers = self._target(scenario)
+        body = as_api(scenario.api, body)
         started = time.perf_counter()
         async with self.session.post(url, data=body, headers=headers) as response:
             first = await response.content.readany()
             elapsed = (time.perf_counter() - started) * 1000
             rest = await response.read()
-            if response.status != 200 or not first or b"[DONE]" not in first + rest:
+            if response.status != 200 or not first or STREAM_END[scenario.api] not in first + rest:
                 scenario.errors += 1
         return elapsed
 
@@ -372,6 +400,7 @@ def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
             "errors": s.errors,
             "mean_retrieval_ms": 1000 * s.retrieval_s / s.retrievals if s.retrievals else None,
             "first_request_ms": s.first_request_ms,
+            "baseline": "direct" if s.api == "chat" else f"{s.api}_direct",
         }
     return out
 
@@ -395,18 +424,18 @@ def render(summary: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
          "X-Memory-Status"],
         rows,
     )
-    direct = summary["direct"]
     added_rows = []
     verdicts: dict[str, Any] = {}
     for key, data in summary.items():
-        if key == "direct":
+        if key.endswith("direct"):
             continue
+        direct = summary[data.get("baseline", "direct")]
         add_p50 = data["c1"]["p50"] - direct["c1"]["p50"]
         add_p99 = data["c1"]["p99"] - direct["c1"]["p99"]
         add_c32 = data["c32"]["p50"] - direct["c32"]["p50"]
         add_ttfb = data["stream_ttfb"]["p50"] - direct["stream_ttfb"]["p50"]
         rps_ratio = data["c32"]["rps"] / direct["c32"]["rps"]
-        if key == "off":
+        if key.endswith("off"):
             checks = {"p50 ≤ 2": add_p50 <= TARGETS_MS["mem_off_p50"]}
         else:
             checks = {"p50 ≤ 10": add_p50 <= TARGETS_MS["mem_on_p50"],
@@ -431,6 +460,9 @@ def render(summary: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (~2 minutes)")
+    parser.add_argument("--apis", default="chat,responses,messages",
+                        help="APIs measured besides chat completions: responses, messages "
+                        "(comma-separated; 'chat' alone skips their rows)")
     args = parser.parse_args()
     sizes = (
         {"c1": 300, "c32": 600, "stream": 100, "rounds": 2, "warmup": 20}
@@ -462,6 +494,15 @@ def main() -> None:
             Scenario("on_10k", "proxy, memory on, 10k memories", True,
                      {"X-User-Id": USER_10K, **read}),
         ]
+        for api in [name for name in args.apis.split(",") if name in ("responses", "messages")]:
+            path = API_PATHS[api]
+            scenarios += [  # each API against its own direct baseline, in the same rounds
+                Scenario(f"{api}_direct", f"direct (fake upstream) {path}", False, {}, api=api),
+                Scenario(f"{api}_off", f"proxy {path}, memory off (no user)", True, {},
+                         api=api),
+                Scenario(f"{api}_on_1k", f"proxy {path}, memory on, 1k memories", True,
+                         {"X-User-Id": USER_1K, **read}, api=api),
+            ]
         try:
             import uvloop
 
