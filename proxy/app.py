@@ -28,7 +28,10 @@ from proxy.extraction.queue import JobQueue
 from proxy.extraction.workers import ExtractionWorkers
 from proxy.gateway.anthropic_upstream import AnthropicUpstream
 from proxy.gateway.auth import open_authenticator
-from proxy.gateway.dialects.anthropic_messages import AnthropicMessagesDialect
+from proxy.gateway.dialects.anthropic_messages import (
+    AnthropicMessagesDialect,
+    anthropic_error_body,
+)
 from proxy.gateway.dialects.chat_completions import ChatCompletionsDialect
 from proxy.gateway.dialects.responses import ResponsesDialect
 from proxy.gateway.flow import GatewayServices, MemoryFlow
@@ -237,6 +240,9 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if request.url.path.startswith("/v1/messages"):  # GET /v1/messages: Anthropic's shape
+            return JSONResponse(anthropic_error_body(exc.status_code, str(exc.detail)),
+                                status_code=exc.status_code, headers=exc.headers)
         return JSONResponse(
             error_body(str(exc.detail), "invalid_request_error", "not_found"
                        if exc.status_code == 404 else "http_error"),

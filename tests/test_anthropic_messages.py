@@ -245,3 +245,10 @@ def test_llm_extraction_of_a_messages_exchange_asks_the_anthropic_upstream(
     # The caller's Anthropic key, to Anthropic only: nothing went to the OpenAI upstream.
     assert all(r.headers["x-api-key"] == CALLER_KEY for r in calls)
     assert not [r for r in upstream.requests if r.path == "/v1/chat/completions"]
+
+
+def test_a_wrong_method_on_messages_is_answered_in_anthropics_shape(proxy) -> None:
+    response = httpx.get(proxy.base_url + "/v1/messages")
+    assert response.status_code == 405
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
