@@ -22,7 +22,7 @@ from proxy.api.memories import MemoriesAPI, MemoryServices
 from proxy.api.routes import memory_routes
 from proxy.config import Settings
 from proxy.console.routes import console_routes
-from proxy.errors import MemoryUnavailable, ProxyError, error_body
+from proxy.errors import MemoryUnavailable, MethodNotAllowed, ProxyError, error_body
 from proxy.extraction.extractor import Extractor
 from proxy.extraction.queue import JobQueue
 from proxy.extraction.workers import ExtractionWorkers
@@ -182,6 +182,10 @@ def create_app(
         return await request.app.state.responses(request)
 
     async def messages(request: Request) -> Any:
+        if request.method != "POST":  # not passed on to the OpenAI upstream by /v1/{path}
+            refused = MethodNotAllowed(f"{request.method} is not allowed on /v1/messages",
+                                       allow=["POST"])
+            return AnthropicMessagesDialect().error_response(refused)
         return await request.app.state.messages(request)
 
     async def passthrough(request: Request) -> Any:
@@ -221,7 +225,7 @@ def create_app(
         Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/responses", responses, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages", messages, methods=methods),
         Route("/v1/messages/{path:path}", anthropic_passthrough, methods=methods),
         *memory_routes(settings.identity.max_id_length),
         *(console_routes() if settings.server.console else []),

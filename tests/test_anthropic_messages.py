@@ -252,3 +252,4 @@ def test_a_wrong_method_on_messages_is_answered_in_anthropics_shape(proxy) -> No
     assert response.status_code == 405
     assert response.json()["type"] == "error"
     assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.headers["allow"] == "POST"
