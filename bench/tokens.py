@@ -5,7 +5,7 @@
     .venv/bin/python bench/tokens.py --locomo PATH --budget 4000 --replay 40
 
 Each conversation is one user; its first speaker is the user, the other the assistant. The
-user's turns are stored as memories first (``POST /v1/memories``, ``infer: false``: what raw
+user's turns are stored as memories first (``POST /v1/memories/import``: what raw
 extraction would have stored), so memories do not change while it is replayed. Then, against
 the fake upstream (tests/fake_upstream.py, in this process, recording what reaches it):
 
@@ -149,11 +149,10 @@ class Run:
         self.chat = httpx.Client(base_url=self.proxy.url + "/v1", timeout=120)
 
     def store(self, talk: Talk) -> None:
-        for line in talk.lines:
-            if line.role == "user":
-                self.client.post("/v1/memories", json={
-                    "user_id": talk.user, "text": line.text, "infer": False,
-                    "created_at": line.created_at}).raise_for_status()
+        records = [{"memory": line.text, "created_at": line.created_at}
+                   for line in talk.lines if line.role == "user"]
+        self.client.post("/v1/memories/import", params={"user_id": talk.user},
+                         json=records).raise_for_status()
 
     def send(self, talk: Talk, messages: list[dict[str, str]], budget: int) -> tuple[
             list[dict[str, Any]], httpx.Response]:
