@@ -1,7 +1,7 @@
 // Explain: a message as if the user sent it → exactly what would be injected, and why;
 // then the recent chat injections (ids and scores) this proxy made.
 import { api, state } from "/console/api.js";
-import { attempt, field, h, link, score, table, when } from "/console/ui.js";
+import { attempt, field, h, link, score, show, table, when } from "/console/ui.js";
 
 export async function explainPage(root, params) {
   const scope = state.scope;
@@ -27,7 +27,7 @@ export async function explainPage(root, params) {
     scope.admin ? field("Tenant", tenant) : null, field("Model", model)),
   field("Message, as if the user sent it", message),
   h("div", { class: "row" }, h("button", { type: "submit", text: "Explain" })));
-  root.replaceChildren(h("h1", { text: "Explain" }),
+  show(root, h("h1", { text: "Explain" }),
     h("p", { class: "muted", text: "Runs the chat path's own retrieval (nothing is sent " +
       "upstream, nothing recorded): the block a chat request would get, and each memory's " +
       "scores. Score is the cosine and rank score the fused score, as the search API " +
@@ -58,7 +58,7 @@ function showExplanation(result, e) {
       c.reason,
     ],
   }));
-  result.replaceChildren(
+  show(result,
     h("h2", { text: "What would be injected" }), summary,
     e.block ? h("pre", { id: "block", text: e.block })
       : h("p", { class: "muted", text: "Nothing would be injected." }),
@@ -73,12 +73,12 @@ async function showRecent(recent, user, tenant) {
   const found = await attempt(() => api("GET", "/v1/memories/injections", { query }));
   if (!found) return;
   if (!found.data.length) {
-    recent.replaceChildren(h("p", { class: "muted", text: found.size
+    show(recent, h("p", { class: "muted", text: found.size
       ? "No chat request injected anything yet (this replica, since it started)."
       : "The ring of recent injections is off (retrieval.recent_injections: 0)." }));
     return;
   }
-  recent.replaceChildren(table(`Last ${found.data.length} chat retrievals on this replica`,
+  show(recent, table(`Last ${found.data.length} chat retrievals on this replica`,
     [["When"], ["User"], ["Model"], ["Injected (id: score / rank score)"], ["Tokens", "num"],
      ["ms", "num"]],
     found.data.map((r) => [

@@ -1,12 +1,12 @@
 // Jobs: the extraction queue's states, dead letters with their error, retry and purge.
 import { api, state } from "/console/api.js";
-import { attempt, field, go, h, say, table, when } from "/console/ui.js";
+import { attempt, field, go, h, say, show, table, when } from "/console/ui.js";
 
 const STATES = ["", "queued", "failed", "running", "waiting_key", "dead", "done"];
 
 export async function jobsPage(root, params) {
   if (!state.scope.admin) {
-    root.replaceChildren(h("h1", { text: "Jobs" }), h("p", { class: "muted",
+    show(root, h("h1", { text: "Jobs" }), h("p", { class: "muted",
       text: "The job queue is for the admin key: its rows may quote any user's exchange." }));
     return;
   }
@@ -37,7 +37,7 @@ export async function jobsPage(root, params) {
         : "",
     ],
   }));
-  root.replaceChildren(
+  show(root,
     h("h1", { text: "Jobs" }),
     h("p", { class: "muted", text: `Extraction: ${listed.extraction}.` }),
     h("ul", { class: "stats", "aria-label": "Jobs by state" },

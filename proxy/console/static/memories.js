@@ -1,7 +1,7 @@
 // One user's memories: newest first, paging, filters, hybrid search ranked as injection
 // ranks, edit, history, delete, export, forget.
 import { api, state } from "/console/api.js";
-import { attempt, field, go, h, href, say, score, table, when } from "/console/ui.js";
+import { attempt, field, go, h, href, say, score, show, table, when } from "/console/ui.js";
 
 function owner(params) {
   return { user_id: params.id, tenant: state.scope.admin ? params.tenant : undefined };
@@ -34,7 +34,7 @@ export async function userPage(root, params) {
   columns.push(["Actions"]);
   const rows = listed.data.map((memory) => memoryRow(memory, searching, rerender));
   const tenant = params.tenant || state.scope.tenant || "default";
-  root.replaceChildren(
+  show(root,
     h("h1", { text: "Memories of " + params.id }),
     h("p", { class: "muted" }, "Tenant " + tenant + " · ",
       h("a", { href: href("explain", { user: params.id, tenant: params.tenant }),
@@ -129,7 +129,7 @@ function editor(memory, detail, rerender) {
     const patch = { ...wanted };
     for (const key of Object.keys(memory.metadata || {})) if (!(key in wanted)) patch[key] = null;
     if (JSON.stringify(wanted) !== JSON.stringify(memory.metadata || {})) body.metadata = patch;
-    if (!Object.keys(body).length) { detail.replaceChildren(); return; }
+    if (!Object.keys(body).length) { show(detail); return; }
     const changed = await attempt(() => api("PATCH", "/v1/memories/" +
       encodeURIComponent(memory.id), { body }));
     if (changed) { await rerender(); say("Memory saved."); }
@@ -137,8 +137,8 @@ function editor(memory, detail, rerender) {
   field("Text", text), field("Metadata (JSON object)", meta),
   h("div", { class: "row" }, h("button", { type: "submit", text: "Save" }),
     h("button", { type: "button", class: "plain", text: "Cancel",
-                  onclick: () => detail.replaceChildren() })));
-  detail.replaceChildren(form);
+                  onclick: () => show(detail) })));
+  show(detail, form);
   text.focus();
 }
 
@@ -146,7 +146,7 @@ async function history(memory, detail) {
   const found = await attempt(() => api("GET", "/v1/memories/" +
     encodeURIComponent(memory.id) + "/history"));
   if (!found) return;
-  detail.replaceChildren(table("History of this memory", [["Event"], ["When"], ["Actor"],
+  show(detail, table("History of this memory", [["Event"], ["When"], ["Actor"],
     ["Old text"], ["New text"]], found.data.map((event) => ({
       attrs: { "data-event": event.event },
       cells: [event.event, when(event.created_at), event.actor, event.old_text ?? "–",

@@ -67,3 +67,8 @@ export function href(route, params) {
 
 export function go(route, params) { location.hash = href(route, params).slice(1); }
 
+
+export function show(parent, ...children) {
+  // replaceChildren would render a null or false child as text.
+  parent.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}

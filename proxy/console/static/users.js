@@ -1,6 +1,6 @@
 // Users: find by id prefix, memory counts, last activity, paging; the admin's tenant switch.
 import { api, state } from "/console/api.js";
-import { field, go, h, link, table, when } from "/console/ui.js";
+import { field, go, h, link, show, table, when } from "/console/ui.js";
 
 export async function usersPage(root, params) {
   const scope = state.scope;
@@ -46,7 +46,7 @@ export async function usersPage(root, params) {
       onclick: () => go("users", { ...params, cursor: undefined }) }) : null,
     listed.next_cursor ? h("button", { type: "button", class: "plain", text: "Next page",
       onclick: () => go("users", { ...params, tenant, cursor: listed.next_cursor }) }) : null);
-  root.replaceChildren(
+  show(root,
     h("h1", { text: "Users" + (scope.admin ? " · tenant " + tenant : "") }),
     form,
     rows.length ? table(`${rows.length} user${rows.length === 1 ? "" : "s"} on this page`,
