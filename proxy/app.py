@@ -39,6 +39,7 @@ from proxy.gateway.passthrough import Passthrough
 from proxy.gateway.providers import load_litellm
 from proxy.gateway.upstream import HttpUpstream
 from proxy.health import readiness, warm_up
+from proxy.heap_scrub import scrub_freed_memory
 from proxy.memory.embedding import Embedder, open_embedder
 from proxy.memory.retrieval import Retriever
 from proxy.memory.store import ChromaStore, MemoryStore
@@ -109,6 +110,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        scrub_freed_memory()  # before any request: no caller's key left in reused memory
         # First: in keys mode no key table means no start (fail closed), before anything opens.
         auth = await anyio.to_thread.run_sync(open_authenticator, settings)
         app.state.auth = auth
