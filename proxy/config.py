@@ -149,6 +149,9 @@ class StoreSettings(_Section):
     cache_max_mb: int = Field(default=512, ge=0)
     cache_max_user_records: int = Field(default=100_000, ge=0)
     cache_ttl_seconds: float = Field(default=0.0, ge=0)  # 0: entries never expire (one replica)
+    # A cached owner's index also kept as a file under data_dir/snapshots: a user's first
+    # request after a restart loads it instead of reading Chroma (embedded Chroma, one replica).
+    snapshots: bool = True
     # One limit on every write path (API, import, extraction): a memory is a fact, and every
     # later exchange may send it to the model again.
     max_memory_chars: int = Field(default=4000, ge=1)

@@ -119,8 +119,12 @@ class UserIndex:
 class OwnerCache:
     """Thread-safe. ``lookup`` → load from Chroma → ``remember`` with the write count seen."""
 
-    def __init__(self, settings: StoreSettings, shards: int):
+    def __init__(
+        self, settings: StoreSettings, shards: int,
+        on_evict: Callable[[Owner, UserIndex], None] | None = None,
+    ):
         self._settings = settings
+        self._on_evict = on_evict  # an index pushed out by the size limit
         self._indexes: OrderedDict[Owner, UserIndex] = OrderedDict()
         self._bytes = 0
         self._too_large: set[Owner] = set()  # owners searched in Chroma, never cached
@@ -149,16 +153,22 @@ class OwnerCache:
         with self._lock:
             return self._get(owner), owner in self._too_large, self._shard_writes[shard]
 
-    def remember(self, owner: Owner, index: UserIndex, shard: int, writes_seen: int) -> None:
+    def remember(self, owner: Owner, index: UserIndex, shard: int, writes_seen: int) -> bool:
+        """Cache ``index``; False when a write landed while loading (used once, not kept)."""
         with self._lock:
             if self._shard_writes[shard] != writes_seen:
-                return  # a write landed while loading: the load may have missed it
+                return False  # a write landed while loading: the load may have missed it
             self._evict(owner)
             self._indexes[owner] = index
             self._bytes += index.nbytes
             limit = self._settings.cache_max_mb * 1024 * 1024
             while self._bytes > limit and len(self._indexes) > 1:
-                self._evict(next(iter(self._indexes)))
+                oldest = next(iter(self._indexes))
+                pushed_out = self._indexes[oldest]
+                self._evict(oldest)
+                if self._on_evict is not None:
+                    self._on_evict(oldest, pushed_out)
+            return True
 
     def changed(
         self, owner: Owner, shard: int, change: Callable[[UserIndex], None] | None
@@ -188,6 +198,10 @@ class OwnerCache:
                 self._too_large.add(owner)
             else:
                 self._too_large.discard(owner)
+
+    def entries(self) -> list[tuple[Owner, UserIndex]]:
+        with self._lock:
+            return list(self._indexes.items())
 
     def owners(self) -> list[Owner]:
         """Cached owners, least recently used first."""

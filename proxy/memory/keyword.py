@@ -138,13 +138,33 @@ class KeywordIndex:
         self.analyzer = analyzer or Analyzer()
         self.k1 = k1
         self.b = b
-        self._docs: list[Counter[str]] = []
+        self._docs: list[dict[str, int]] = []  # term counts (Counter when analysed here)
         self._lengths: list[int] = []
         self._total_length = 0
         # term -> (document positions, term frequencies); None: rebuild before scoring.
         self._postings: dict[str, tuple[list[int], list[int]]] | None = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_counts(
+        cls, analyzer: Analyzer, docs: list[dict[str, int]], lengths: list[int]
+    ) -> KeywordIndex:
+        """An index of already analysed documents (``term_counts`` of another, in order)."""
+        if len(docs) != len(lengths):
+            raise ValueError("docs and lengths differ in length")
+        index = cls(analyzer)
+        index._docs = docs
+        index._lengths = list(lengths)
+        index._total_length = sum(index._lengths)
+        index._postings = None  # built on the first search
+        return index
+
+    def term_counts(self) -> tuple[list[dict[str, int]], list[int]]:
+        """Each document's term counts and length, in order (documents are replaced, never
+        changed in place)."""
+        with self._lock:
+            return list(self._docs), list(self._lengths)
 
     def __len__(self) -> int:
         return len(self._docs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from proxy.memory.search import (
     search_collection,
     search_index,
 )
+from proxy.memory.snapshot import Snapshots
 from proxy.memory.users import UserSummary, scan_owners
 from proxy.state.engine import Target, is_url
 from proxy.state.owners import SharedOwners
@@ -104,7 +105,16 @@ class ChromaStore:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
-        self._cache = OwnerCache(settings, self._shards.count)
+        # Fast cold loads (proxy/memory/snapshot.py): this process is the only writer.
+        self._snapshots = (
+            Snapshots(data_dir / "snapshots", dimension)
+            if settings.snapshots and not settings.chroma_host and self.replicas is None
+            else None
+        )
+        self._cache = OwnerCache(
+            settings, self._shards.count,
+            self._snapshots.evicted if self._snapshots is not None else None,
+        )
         self._writes = threading.RLock()
         self._forgets = ForgetLog(shared=self.replicas)
 
@@ -132,6 +142,13 @@ class ChromaStore:
         index, too_large, writes = self._cache.lookup(owner, shard)
         if index is not None or too_large:
             return index
+        snapshots = self._snapshots
+        generation = snapshots.generation(owner) if snapshots is not None else 0
+        if snapshots is not None:
+            index = snapshots.load(owner, self._cache.analyzer)
+            if index is not None:
+                self._cache.remember(owner, index, shard, writes)
+                return index
         got = self._shards.collection_at(shard).get(
             where=owner_where(owner), include=["embeddings", "documents", "metadatas"]
         )
@@ -146,12 +163,21 @@ class ChromaStore:
             else np.zeros((0, self._dimension), dtype=np.float32)
         )
         index = UserIndex.build(memories_from(got), matrix, self._cache.analyzer)
-        self._cache.remember(owner, index, shard, writes)
+        if self._cache.remember(owner, index, shard, writes) and snapshots is not None:
+            snapshots.save_later(owner, index, generation)
         return index
+
+    def _writing(self, owners: Iterable[Owner]) -> None:
+        """Before a Chroma write: the owners' snapshots go (a crash must not leave them)."""
+        if self._snapshots is not None:
+            for owner in set(owners):
+                self._snapshots.drop(owner)
 
     def _changed(self, owner: Owner, change: Callable[[UserIndex], None] | None = None) -> None:
         """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
         self._cache.changed(owner, self._shards.of(owner), change)
+        if self._snapshots is not None:
+            self._snapshots.drop(owner)  # again: a snapshot taken during the write is refused
         if self.replicas is not None:
             self.replicas.wrote(owner)  # other replicas' next read of the owner reloads
 
@@ -201,6 +227,7 @@ class ChromaStore:
                 for start in range(0, len(rows), self._max_batch):
                     part = rows[start : start + self._max_batch]
                     chunk = [memories[i] for i in part]
+                    self._writing(m.owner for m in chunk)
                     write(
                         ids=[m.id for m in chunk],
                         embeddings=vectors[part],
@@ -234,6 +261,7 @@ class ChromaStore:
                 # Documents only with their vectors: Chroma would embed a lone document itself.
                 kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
                 kwargs["documents"] = [memory.text]
+            self._writing([memory.owner])
             self._shards.collection(memory.owner).update(
                 ids=[memory.id], metadatas=[memory.record_metadata(for_update=True)], **kwargs
             )
@@ -299,6 +327,7 @@ class ChromaStore:
             if memory is None or self._refused(memory.owner):
                 return None
             try:
+                self._writing([memory.owner])
                 self._shards.collection(memory.owner).delete(ids=[memory_id])
             except Exception as exc:
                 raise MemoryUnavailable(f"store write failed: {exc}") from exc
@@ -318,6 +347,7 @@ class ChromaStore:
         with self._writes:
             self._forgets.forgot(owner)
             try:
+                self._writing([owner])
                 collection = self._shards.collection(owner)
                 ids = collection.get(where=owner_where(owner), include=[])["ids"]
                 for start in range(0, len(ids), self._max_batch):
@@ -445,6 +475,8 @@ class ChromaStore:
         return [user for _, user in self._cache.owners()]
 
     def close(self) -> None:
+        if self._snapshots is not None:
+            self._snapshots.flush(self._cache.entries())
         self._cache.clear()
         self._shards.close()
         self.history.close()
