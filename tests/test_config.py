@@ -125,3 +125,20 @@ def test_out_of_range_settings_are_refused_with_a_message_naming_them(
         load_settings(None, environ={}, overrides={dotted: value})
     message = str(caught.value)
     assert named in message and repr(value) in message and "\n" not in message, message
+
+
+def test_anthropic_upstream_from_the_environment_with_or_without_v1() -> None:
+    for url in ("https://claude.example/v1", "https://claude.example/", "https://claude.example"):
+        settings = load_settings(None, environ={
+            "MEMPROXY_ANTHROPIC_URL": url, "MEMPROXY_ANTHROPIC_API_KEY": "sk-ant-op"})
+        assert settings.anthropic_base == "https://claude.example"
+        assert settings.anthropic.api_key is not None
+        assert "sk-ant-op" not in repr(settings)
+    with pytest.raises(ConfigError, match="anthropic.url"):
+        load_settings(None, environ={"MEMPROXY_ANTHROPIC_URL": "claude.example"})
+
+
+def test_one_session_header_as_before_still_works(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("identity:\n  session_header: X-Conversation\n")
+    assert load_settings(config, environ={}).identity.session_headers == ["X-Conversation"]
