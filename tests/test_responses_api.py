@@ -215,3 +215,20 @@ def test_the_callers_key_is_never_written_to_disk(
     wait_until(lambda: len(memories_of(proxy.base_url, "u10")) == 2)
     assert upstream.responses_requests()[0].headers["authorization"] == f"Bearer {CALLER_KEY}"
     assert files_holding(settings.data_dir, CALLER_KEY.encode()) == []
+
+
+def test_a_conversation_turn_is_the_query_and_the_turn_remembered(
+    proxy, upstream: FakeUpstream
+) -> None:
+    client = client_of(proxy)
+    client.responses.create(model="m", conversation="conv_1", input=FACT,
+                            extra_headers={"X-User-Id": "u11"})
+    assert wait_until(lambda: memories_of(proxy.base_url, "u11")) == [STORED_FACT]
+    upstream.clear()
+    client.responses.create(model="m", conversation={"id": "conv_1"},
+                            input=[{"role": "user", "content": "Which database?"}],
+                            extra_headers={"X-User-Id": "u11"})
+    sent = upstream.responses_requests()[0].json
+    assert sent["conversation"] == {"id": "conv_1"}
+    assert "Postgres backend" in sent["input"][0]["content"]
+    assert sent["input"][1:] == [{"role": "user", "content": "Which database?"}]
