@@ -137,19 +137,34 @@ def order_by_score(
     created_at: np.ndarray | None = None,
     eligible: np.ndarray | None = None,
     tie_tolerance: float = 0.005,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """Eligible positions by descending score; within ``tie_tolerance``, newer first."""
+    """Eligible positions by descending score; within ``tie_tolerance``, newer first.
+
+    ``limit``: only the first ``limit`` of that order (the same ones, in the same order),
+    without sorting every memory: 10k memories cost a full sort each query.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     positions = np.arange(len(scores)) if eligible is None else np.flatnonzero(eligible)
     if positions.size == 0:
         return positions
     wanted = scores[positions]
     if created_at is None or tie_tolerance <= 0:
-        return positions[np.argsort(-wanted, kind="stable")]
+        if limit is not None and limit < positions.size:
+            # Every entry scoring at least the limit-th best, in position order: a stable
+            # sort of them orders ties as the full sort would.
+            cut = -np.partition(-wanted, limit - 1)[limit - 1]
+            keep = np.flatnonzero(wanted >= cut)
+            positions, wanted = positions[keep], wanted[keep]
+        return positions[np.argsort(-wanted, kind="stable")][:limit]
     # Compare scores at the tolerance's resolution, then by time.
     bucket = np.round(wanted / tie_tolerance)
+    if limit is not None and limit < positions.size:
+        cut = -np.partition(-bucket, limit - 1)[limit - 1]
+        keep = np.flatnonzero(bucket >= cut)  # whole buckets: their time order decides
+        positions, bucket = positions[keep], bucket[keep]
     newest = -np.asarray(created_at, dtype=np.float64)[positions]
-    return positions[np.lexsort((newest, -bucket))]
+    return positions[np.lexsort((newest, -bucket))][:limit]
 
 
 Neighbours = Callable[[int], Sequence[int]]
@@ -253,8 +268,10 @@ def rank_memories(
         fused = lift_neighbours(
             fused, neighbours, params.neighbour_weight, STRONG_HITS, eligible
         )
-    order = order_by_score(fused, created_at, eligible, params.tie_tolerance)
-    if vectors is not None and params.mmr_lambda < 1.0:
+    mmr = vectors is not None and params.mmr_lambda < 1.0
+    order = order_by_score(fused, created_at, eligible, params.tie_tolerance,
+                           limit=max(k, params.mmr_pool * k) if mmr else k)
+    if mmr:
         pool = order[: max(k, params.mmr_pool * k)]
         order = mmr_select(
             pool, fused, vectors, k, params.mmr_lambda, params.mmr_similarity_floor
