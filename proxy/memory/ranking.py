@@ -271,7 +271,7 @@ def rank_memories(
     mmr = vectors is not None and params.mmr_lambda < 1.0
     order = order_by_score(fused, created_at, eligible, params.tie_tolerance,
                            limit=max(k, params.mmr_pool * k) if mmr else k)
-    if mmr:
+    if vectors is not None and mmr:
         pool = order[: max(k, params.mmr_pool * k)]
         order = mmr_select(
             pool, fused, vectors, k, params.mmr_lambda, params.mmr_similarity_floor
