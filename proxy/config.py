@@ -80,6 +80,9 @@ class UpstreamSettings(_Section):
     read_timeout: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     max_keepalive_connections: int = Field(default=128, ge=0)
+    # The HTTP client under httpx's API: aiohttp's (C parser, ~10x less CPU per forwarded
+    # request) or httpx's own.
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
     @field_validator("url")
     @classmethod

