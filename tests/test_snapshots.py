@@ -193,3 +193,24 @@ def test_an_owner_without_memories_loads_from_its_snapshot_too(tmp_path: Path) -
     assert index is not None and index.matrix.shape == (0, HashingEmbedder.dimension)
     assert again.count_user("nobody") == 0
     again.close()
+
+
+def test_appends_into_spare_rows_keep_vectors_and_search_exact(
+    tmp_path: Path, embedder: HashingEmbedder,
+) -> None:
+    store = open_store(tmp_path)
+    texts = [f"Ana noted fact number {i} about {city}." for i, city in
+             enumerate(["Lisbon", "Osaka", "Oslo", "Lima"] * 25)]
+    add(store, embedder, texts[:1])
+    store.count_user("ana")  # cached: the rest are appended one by one
+    for text in texts[1:]:
+        add(store, embedder, [text])
+    store.delete(store.all_memories("ana")[3].id)  # a removal between appends
+    add(store, embedder, ["Ana noted one more fact about Quito."])
+    index = store._load(OWNER)
+    assert index is not None
+    expected = embedder.embed([m.text for m in index.memories])
+    np.testing.assert_allclose(index.matrix, expected, atol=1e-6)
+    best = store.search("ana", embedder.embed(["fact about Quito"])[0], 1)
+    assert best[0].memory.text == "Ana noted one more fact about Quito."
+    store.close()

@@ -33,6 +33,8 @@ class UserIndex:
     loaded_at: float = field(default_factory=time.monotonic)
     _superseded: int | None = field(default=None, repr=False)
     _created_at: np.ndarray | None = field(default=None, repr=False)
+    # Rows beyond len(memories), so appends do not copy the matrix (10k × 384: 15 MB) each time.
+    _spare: np.ndarray | None = field(default=None, repr=False)
     # Held while rows change and while a search reads them, so the three stay aligned.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -45,7 +47,9 @@ class UserIndex:
     @property
     def nbytes(self) -> int:
         # Vectors, postings, plus a rough per-memory allowance for text and metadata.
-        return int(self.matrix.nbytes) + self.keyword.nbytes + 400 * len(self.memories)
+        spare = self._spare
+        matrix = spare if spare is not None and self.matrix.base is spare else self.matrix
+        return int(matrix.nbytes) + self.keyword.nbytes + 400 * len(self.memories)
 
     @property
     def created_at(self) -> np.ndarray:
@@ -67,9 +71,18 @@ class UserIndex:
         with self.lock:
             self._changed()
             # Whatever can fail first: the three must grow together or not at all.
-            matrix = np.vstack([self.matrix, vectors.astype(np.float32, copy=False)])
+            vectors = np.asarray(vectors, dtype=np.float32).reshape(len(memories), -1)
+            n, extra = len(self.matrix), len(vectors)
+            spare = self._spare
+            if spare is None or spare.base is not None or len(spare) < n + extra \
+                    or self.matrix.base is not spare:
+                # Doubling, so a run of single adds copies the matrix O(log n) times.
+                spare = np.empty((max(2 * n, n + extra, 64), vectors.shape[1]), np.float32)
+                spare[:n] = self.matrix
             self.keyword.add([m.text for m in memories], [m.created_at for m in memories])
-            self.matrix = matrix
+            spare[n : n + extra] = vectors
+            self._spare = spare
+            self.matrix = spare[: n + extra]  # a view: rows up to n are never moved
             self.memories.extend(memories)
 
     def position(self, memory_id: str) -> int | None:

@@ -141,6 +141,7 @@ class KeywordIndex:
         self._docs: list[dict[str, int]] = []  # term counts (Counter when analysed here)
         self._lengths: list[int] = []
         self._total_length = 0
+        self._distinct = 0  # distinct terms summed over documents (cache accounting)
         # term -> (document positions, term frequencies); None: rebuild before scoring.
         self._postings: dict[str, tuple[list[int], list[int]]] | None = {}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -157,6 +158,7 @@ class KeywordIndex:
         index._docs = docs
         index._lengths = list(lengths)
         index._total_length = sum(index._lengths)
+        index._distinct = sum(len(doc) for doc in docs)
         index._postings = None  # built on the first search
         return index
 
@@ -172,7 +174,7 @@ class KeywordIndex:
     @property
     def nbytes(self) -> int:
         """A rough size for cache accounting: ~120 bytes per distinct term of a document."""
-        return sum(120 * len(doc) + 100 for doc in self._docs)
+        return 120 * self._distinct + 100 * len(self._docs)
 
     def add(self, texts: Sequence[str], created_at: Sequence[float] | None = None) -> None:
         """Append documents; with ``created_at``, each is indexed as ``dated_text``."""
@@ -191,6 +193,7 @@ class KeywordIndex:
                 length = sum(doc.values())
                 self._lengths.append(length)
                 self._total_length += length
+                self._distinct += len(doc)
                 if self._postings is not None:
                     for term, tf in doc.items():
                         positions, tfs = self._postings.setdefault(term, ([], []))
@@ -206,12 +209,14 @@ class KeywordIndex:
             self._docs = [self._docs[i] for i in kept]
             self._lengths = [self._lengths[i] for i in kept]
             self._total_length = sum(self._lengths)
+            self._distinct = sum(len(doc) for doc in self._docs)
             self._invalidate()
 
     def replace(self, position: int, text: str, created_at: float | None = None) -> None:
         doc = Counter(self.analyzer.terms(dated_text(text, created_at)))
         with self._lock:
             self._total_length += sum(doc.values()) - self._lengths[position]
+            self._distinct += len(doc) - len(self._docs[position])
             self._docs[position] = doc
             self._lengths[position] = sum(doc.values())
             self._invalidate()
