@@ -63,6 +63,15 @@ CACHE_DIR = RESULTS_DIR / ".cache"
 USER_1K = "bench-user-1k"
 USER_10K = "bench-user-10k"
 TARGETS_MS = {"mem_on_p50": 10.0, "mem_on_p99": 30.0, "mem_off_p50": 2.0, "ttfb_p50": 10.0}
+# Issue 12 (memory under load): c=32 throughput with no degraded request, added c=1 p50.
+TARGETS_LOAD = {
+    "off": {"rps": 1500, "p50_ms": 1.5},
+    "on_1k": {"rps": 400, "p50_ms": 6.0},
+    "on_10k": {"rps": 300, "p50_ms": 8.0},
+}
+TARGET_COLD_MS = 150.0  # first request of an uncached user at 10k memories
+TARGET_RSS_MB = 400.0
+TARGET_READY_S = 5.0
 
 
 # -- texts ---------------------------------------------------------------------------------
@@ -197,7 +206,9 @@ def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
 
 
 # -- servers ----------------------------------------------------------------------------------
-def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
+def start_servers(
+    data_dir: Path, logs: Path, extraction: str = "off", overrides: dict[str, str] | None = None,
+) -> tuple[list[subprocess.Popen[bytes]], str, str]:
     fake_port, proxy_port = free_port(), free_port()
     fake = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "bench" / "_serve_fake.py"), "--port", str(fake_port)],
@@ -208,7 +219,9 @@ def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[byt
         "MEMPROXY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}/v1",
         "MEMPROXY_DATA_DIR": str(data_dir),
         "MEMPROXY_ANTHROPIC_URL": f"http://127.0.0.1:{fake_port}",  # /v1/messages' upstream
-        "MEMPROXY_EXTRACTION_MODE": "off",
+        "MEMPROXY_EXTRACTION_MODE": extraction,
+        **{"MEMPROXY_" + key.upper().replace(".", "__"): value
+           for key, value in (overrides or {}).items()},
         "MEMPROXY_HOST": "127.0.0.1",
         "MEMPROXY_PORT": str(proxy_port),
         "MEMPROXY_SERVER__LOG_LEVEL": "warning",
@@ -220,6 +233,15 @@ def start_servers(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen[byt
     )
     fake_url, proxy_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{proxy_port}"
     return [fake, proxy], fake_url, proxy_url
+
+
+def process_facts(pid: int) -> dict[str, Any]:
+    """The serving process as the OS sees it: resident memory, and whether torch is mapped."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith("VmRSS:"))
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {"rss_mb": rss_kb / 1024, "torch_loaded": "libtorch" in maps}
 
 
 # -- load generation ---------------------------------------------------------------------------
@@ -240,6 +262,7 @@ class Scenario:
     retrievals: int = 0
     first_request_ms: float | None = None
     api: str = "chat"  # which API the requests speak (API_PATHS)
+    first_request_status: str | None = None
 
 
 def chat_body(question: str, stream: bool) -> bytes:
@@ -363,6 +386,8 @@ async def measure(
         load = Load(session, fake_url, proxy_url)
         for scenario in scenarios:  # the first touch of a user loads its cache from Chroma
             scenario.first_request_ms = await load.one(scenario, load.bodies(1)[0])
+            scenario.first_request_status = next(iter(scenario.statuses), None)
+            scenario.statuses.clear()
         for scenario in scenarios:  # warm-up: connections, code paths, allocator
             await load.sequential(scenario, sizes["warmup"])
             await load.concurrent(scenario, sizes["warmup"] * 2, 32)
@@ -387,6 +412,85 @@ async def measure(
             print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
+async def soak(
+    proxy_url: str, fake_url: str, pid: int, seconds: float, concurrency: int = 32
+) -> dict[str, Any]:
+    """``seconds`` of memory-on load (reads and writes: extraction on) for the 10k user;
+    resident memory sampled every 10 s, latency and statuses per minute."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None)
+    timeout = aiohttp.ClientTimeout(total=120)
+    scenario = Scenario("soak", "soak", True, {"X-User-Id": USER_10K})
+    minutes: list[dict[str, Any]] = []
+    rss: list[tuple[float, float]] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        load = Load(session, fake_url, proxy_url)
+        await load.concurrent(scenario, 200, concurrency)  # warm-up, not counted
+        scenario.statuses.clear()
+        scenario.errors = 0
+        started = time.perf_counter()
+        rss.append((0.0, process_facts(pid)["rss_mb"]))
+        while (elapsed := time.perf_counter() - started) < seconds:
+            window = min(60.0, seconds - elapsed)
+            samples: list[float] = []
+            statuses_before = Counter(scenario.statuses)
+            errors_before = scenario.errors
+            window_end = time.perf_counter() + window
+            next_rss = time.perf_counter() + 10
+
+            async def worker(window_end: float = window_end,
+                             samples: list[float] = samples) -> None:
+                nonlocal next_rss
+                while time.perf_counter() < window_end:
+                    samples.append(await load.one(scenario, load.bodies(1)[0]))
+                    if time.perf_counter() >= next_rss:
+                        next_rss += 10
+                        rss.append((time.perf_counter() - started,
+                                    process_facts(pid)["rss_mb"]))
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            wall = time.perf_counter() - t0
+            minutes.append({
+                "minute": len(minutes) + 1, **percentiles(samples),
+                "rps": len(samples) / wall if wall else None,
+                "statuses": dict(Counter(scenario.statuses) - statuses_before),
+                "errors": scenario.errors - errors_before,
+            })
+            print(f"  soak minute {len(minutes)}: {minutes[-1]['rps']:.0f} req/s, "
+                  f"{minutes[-1]['statuses']}, RSS {rss[-1][1]:.0f} MB",
+                  file=sys.stderr, flush=True)
+        rss.append((time.perf_counter() - started, process_facts(pid)["rss_mb"]))
+    values = [mb for _, mb in rss]
+    # "Flat": the second half's peak within 10 % of the first half's (start-up growth aside).
+    half = len(values) // 2
+    first_peak, last_peak = max(values[: half or 1]), max(values[half:] or values)
+    return {
+        "seconds": seconds, "concurrency": concurrency, "minutes": minutes,
+        "statuses": dict(scenario.statuses), "errors": scenario.errors,
+        "rss_mb": rss, "rss_start_mb": values[0], "rss_end_mb": values[-1],
+        "rss_max_mb": max(values), "rss_growth_second_half": last_peak / first_peak - 1,
+    }
+
+
+def render_soak(result: dict[str, Any]) -> str:
+    rows = [[str(m["minute"]), fmt(m["p50"]), fmt(m["p99"]), fmt(m["rps"], 0),
+             ", ".join(f"{k} {v}" for k, v in sorted(m["statuses"].items())),
+             str(m["errors"])] for m in result["minutes"]]
+    table = markdown_table(
+        ["minute", "p50 ms", "p99 ms", "req/s", "X-Memory-Status", "errors"], rows)
+    degraded = result["statuses"].get("degraded", 0)
+    verdict = (
+        f"{result['seconds']:.0f} s at c={result['concurrency']}, memory on, extraction on: "
+        f"errors {result['errors']}, degraded {degraded}; RSS {result['rss_start_mb']:.0f} → "
+        f"{result['rss_end_mb']:.0f} MB (max {result['rss_max_mb']:.0f}; second half's peak "
+        f"{100 * result['rss_growth_second_half']:+.1f} % of the first's). Target: error-free, "
+        f"0 degraded, RSS flat within 10 %: "
+        + ("met" if not result["errors"] and not degraded
+           and abs(result["rss_growth_second_half"]) <= 0.10 else "NOT met")
+    )
+    return f"{table}\n\n- {verdict}"
+
+
 # -- report ---------------------------------------------------------------------------------
 def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -401,6 +505,7 @@ def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
             "mean_retrieval_ms": 1000 * s.retrieval_s / s.retrievals if s.retrievals else None,
             "first_request_ms": s.first_request_ms,
             "baseline": "direct" if s.api == "chat" else f"{s.api}_direct",
+            "first_request_status": s.first_request_status,
         }
     return out
 
@@ -441,6 +546,12 @@ def render(summary: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             checks = {"p50 ≤ 10": add_p50 <= TARGETS_MS["mem_on_p50"],
                       "p99 ≤ 30": add_p99 <= TARGETS_MS["mem_on_p99"]}
         checks["TTFB ≤ 10"] = add_ttfb <= TARGETS_MS["ttfb_p50"]
+        load_target = TARGETS_LOAD.get(key)
+        if load_target is not None:
+            checks[f"c32 ≥ {load_target['rps']}/s"] = data["c32"]["rps"] >= load_target["rps"]
+            checks[f"p50 ≤ {load_target['p50_ms']}"] = add_p50 <= load_target["p50_ms"]
+            if key != "off":
+                checks["0 degraded"] = not data["memory_status"].get("degraded")
         verdicts[key] = {"added_c1_p50": add_p50, "added_c1_p99": add_p99,
                          "added_c32_p50": add_c32, "added_ttfb_p50": add_ttfb,
                          "c32_rps_ratio": rps_ratio, "targets": checks}
@@ -457,12 +568,46 @@ def render(summary: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return latency, added, verdicts
 
 
+def uvloop_run(work: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)
+
+
+def serving_process_note(setup: dict[str, Any], scenarios: list[Scenario]) -> str:
+    idle, after = setup["idle"], setup.get("after_load", {})
+    ten_k = next(s for s in scenarios if s.key == "on_10k")
+    firsts = [s for s in scenarios if s.key.startswith("on_")]
+    served = all(s.first_request_status == "injected" for s in firsts)
+    checks = {
+        f"idle RSS ≤ {TARGET_RSS_MB:.0f} MB": idle["rss_mb"] <= TARGET_RSS_MB,
+        f"ready ≤ {TARGET_READY_S:.0f} s": setup["proxy_ready_s"] <= TARGET_READY_S,
+        "no torch": not idle["torch_loaded"],
+        f"cold 10k ≤ {TARGET_COLD_MS:.0f} ms": (ten_k.first_request_ms or 1e9) <= TARGET_COLD_MS,
+        "first requests served with memory": served,
+    }
+    return (
+        f"Serving process: idle RSS {idle['rss_mb']:.0f} MB, after the load "
+        f"{after.get('rss_mb', float('nan')):.0f} MB; torch mapped: {idle['torch_loaded']}; "
+        f"ready {setup['proxy_ready_s']:.1f} s after start; first requests: "
+        + ", ".join(f"{s.label.split(', ')[-1]} {s.first_request_status}" for s in firsts)
+        + ". Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (~2 minutes)")
     parser.add_argument("--apis", default="chat,responses,messages",
                         help="APIs measured besides chat completions: responses, messages "
                         "(comma-separated; 'chat' alone skips their rows)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a proxy setting for the run, e.g. embedding.inference_threads=1")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", default=0,
+                        help="instead: SECONDS of c=32 memory-on load with extraction on, "
+                        "checking errors, degraded requests and resident memory")
     args = parser.parse_args()
     sizes = (
         {"c1": 300, "c32": 600, "stream": 100, "rounds": 2, "warmup": 20}
@@ -481,10 +626,23 @@ def main() -> None:
             setup = pool.submit(populate, str(data_dir), users).result()
         # The ONNX export lives in the cache; the proxy finds it under <data_dir>/models.
         (data_dir / "models").symlink_to(CACHE_DIR / "models", target_is_directory=True)
-        processes, fake_url, proxy_url = start_servers(data_dir, RESULTS_DIR)
+        processes, fake_url, proxy_url = start_servers(
+            data_dir, RESULTS_DIR, extraction="llm" if args.soak else "off",
+            overrides=dict(item.split("=", 1) for item in args.set),
+        )
         setup["fake_ready_s"] = wait_ready(fake_url + "/v1/models", processes[0], 60)
         setup["proxy_ready_s"] = wait_ready(proxy_url + "/readyz", processes[1], 300)
+        time.sleep(1.0)  # idle: what the serving process holds before any chat
+        setup["idle"] = process_facts(processes[1].pid)
         print(f"servers ready ({setup}); measuring …", file=sys.stderr, flush=True)
+        if args.soak:
+            result = uvloop_run(soak(proxy_url, fake_url, processes[1].pid, args.soak))
+            print("\n## Soak\n")
+            print(render_soak(result))
+            path = write_results("overhead-soak", {
+                "args": vars(args), "machine": machine(), "setup": setup, "soak": result})
+            print(f"\nresults: {path.relative_to(REPO_ROOT)}")
+            return
         read = {"X-Memory-Mode": "read"}
         scenarios = [
             Scenario("direct", "direct (fake upstream)", False, {}),
@@ -503,12 +661,8 @@ def main() -> None:
                 Scenario(f"{api}_on_1k", f"proxy {path}, memory on, 1k memories", True,
                          {"X-User-Id": USER_1K, **read}, api=api),
             ]
-        try:
-            import uvloop
-
-            uvloop.run(measure(scenarios, fake_url, proxy_url, sizes))
-        except ImportError:
-            asyncio.run(measure(scenarios, fake_url, proxy_url, sizes))
+        uvloop_run(measure(scenarios, fake_url, proxy_url, sizes))
+        setup["after_load"] = process_facts(processes[1].pid)
     finally:
         stop(processes)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -528,9 +682,11 @@ def main() -> None:
         "pays one real all-MiniLM-L6-v2 ONNX embedding.",
         "Stored memories: generated fact sentences embedded by the same model, written through "
         "ChromaStore (64 shards) before the proxy started. Extraction off.",
-        f"First request per user (empty per-user cache, loads it from Chroma): {cold}.",
+        f"First request per user (not cached: loads its snapshot, written when the store was "
+        f"populated, or Chroma without one): {cold}.",
         "\"retrieval mean\" is the proxy's own memproxy_retrieval_seconds (embed + search) per "
         "memory-on request. Load generator, proxy and fake upstream share 2 cores.",
+        serving_process_note(setup, scenarios),
         f"Setup: model load {setup['model_load_s']:.1f}s, fact embedding {setup['embed_s']:.1f}s, "
         f"Chroma insert {setup['insert_s']:.1f}s, proxy ready in {setup['proxy_ready_s']:.1f}s. "
         f"Total run {total:.0f}s.",
