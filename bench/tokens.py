@@ -146,7 +146,10 @@ class Run:
         self.fake = fake
         self.proxy = Proxy(embedder, {"upstream.url": fake.url, **overrides})
         self.client = self.proxy.client()
-        self.chat = httpx.Client(base_url=self.proxy.url + "/v1", timeout=120)
+        # Idle connections are not reused past uvicorn's keep-alive (a closed one would fail).
+        self.chat = httpx.Client(base_url=self.proxy.url + "/v1", timeout=120,
+                                 limits=httpx.Limits(keepalive_expiry=1.0))
+        self.degraded = 0
 
     def store(self, talk: Talk) -> None:
         records = [{"memory": line.text, "created_at": line.created_at}
@@ -163,6 +166,7 @@ class Run:
         response = self.chat.post("/chat/completions", headers=headers,
                                   json={"model": "gpt-4o-mini", "messages": messages})
         response.raise_for_status()
+        self.degraded += response.headers.get("x-memory-status") == "degraded"
         [forwarded] = self.fake.chat_requests()
         return forwarded.json["messages"], response
 
@@ -230,6 +234,7 @@ def main() -> None:
             f"stable block + trimming at {args.budget}": ({}, args.budget),
         }
         reuse: dict[str, list[float]] = {}
+        degraded: dict[str, int] = {}
         questions: list[dict[str, Any]] = []
         for name, (overrides, budget) in configs.items():
             run = Run(fake, embedder, overrides)
@@ -241,6 +246,7 @@ def main() -> None:
                     if budget:
                         questions += question_rows(run, talk, budget)
             finally:
+                degraded[name] = run.degraded
                 run.close()
     seconds = time.perf_counter() - started
     summary = {
@@ -254,6 +260,7 @@ def main() -> None:
         "tokens_injected": int(sum(r["injected"] for r in questions)),
         "coverage": float(np.mean([r["coverage"] for r in questions])) * 100,
         "naive_coverage": float(np.mean([r["naive_coverage"] for r in questions])) * 100,
+        "degraded_requests": degraded,
         "seconds": seconds,
     }
     results.update(summary)
@@ -274,6 +281,7 @@ def main() -> None:
         [[name, fmt(v["median"]), fmt(v["mean"]), str(v["n"])]
          for name, v in summary["prefix_reuse"].items()],
     ))
+    print(f"degraded requests (forwarded unchanged, no memories): {degraded}")
     print(f"{seconds:.0f} s; results in {path}")
 
 

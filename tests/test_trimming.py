@@ -85,6 +85,17 @@ def test_recall_uses_dense_vectors_once_embedded_and_respects_budget() -> None:
     assert recall.recall(dropped, "unrelated words", query, budget_tokens=100) == [1, 2]
 
 
+def test_recall_extends_a_conversations_keyword_index_as_the_cut_moves() -> None:
+    recall = TurnRecall()
+    early = [Turn("user", f"chatting about item{i}", 5) for i in range(50)]
+    later = [*early, Turn("user", "my boat is named Wavebreaker", 8)]
+    assert recall.recall(early, "what is my boat named", None, 100, conversation="c") == []
+    assert recall.recall(later, "what is my boat named", None, 100, conversation="c") == [50]
+    # A range that is not an extension (another history under the same key) is rebuilt.
+    other = [Turn("user", "my boat is a dinghy", 5)]
+    assert recall.recall(other, "what is my boat named", None, 100, conversation="c") == [0]
+
+
 def scored(memory_id: str, text: str) -> ScoredMemory:
     return ScoredMemory(Memory(user_id="u", text=text, id=memory_id), 1.0)
 

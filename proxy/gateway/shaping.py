@@ -111,8 +111,8 @@ class RequestShaper:
     ) -> Shaped:
         """Blocking (store look-ups, keyword ranking): run it in the retrieval thread."""
         settings = self._settings
+        key = conversation_key(tenant, user_id, session_id, opening_texts(conversation))
         if settings.stable_block:
-            key = conversation_key(tenant, user_id, session_id, opening_texts(conversation))
             placement = self.blocks.place(key, found, self._lookup,
                                           late_limit=settings.late_max)
         else:
@@ -122,7 +122,7 @@ class RequestShaper:
             dropped = list(turns[plan.start:plan.end])
             vector = self._query_vector(query)
             chosen = self.recall.recall(dropped, query, vector,
-                                        int(budget * settings.recall_share))
+                                        int(budget * settings.recall_share), conversation=key)
             shaped.recalled = [dropped[i] for i in chosen]
             self._embed_later(dropped)
         return shaped

@@ -22,7 +22,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -111,18 +111,25 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+@dataclass
+class _Indexed:
+    digests: list[bytes]
+    index: KeywordIndex
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class TurnRecall:
     """Ranks the turns left out against the query; vectors and keyword indexes are cached.
 
     Turn vectors are computed off the hot path (``embed_missing``, after the response) and
     looked up by a digest of the text, so a turn is embedded once however often the history
     is resent; a turn not embedded yet is ranked by its keywords alone. Keyword indexes are
-    cached per left-out range (the range changes only when the cut moves a step).
+    kept per conversation and extended as the left-out range grows a step at a time.
     """
 
     def __init__(self, vectors_kept: int = 50_000, indexes_kept: int = 256):
         self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._indexes: OrderedDict[bytes, KeywordIndex] = OrderedDict()
+        self._indexes: OrderedDict[str, _Indexed] = OrderedDict()
         self._vectors_kept = vectors_kept
         self._indexes_kept = indexes_kept
         self._lock = threading.Lock()
@@ -146,23 +153,29 @@ class TurnRecall:
             while len(self._vectors) > self._vectors_kept:
                 self._vectors.popitem(last=False)
 
-    def _keyword_index(self, turns: Sequence[Turn]) -> KeywordIndex:
-        key = hashlib.blake2b(digest_size=16)
-        for turn in turns:
-            key.update(_digest(turn.text))
-        digest = key.digest()
+    def _keyword_index(self, turns: Sequence[Turn], conversation: str) -> _Indexed:
+        """The conversation's keyword index over ``turns``: extended when the left-out range
+        grew (the cut moved on a step), built anew only when it is not an extension."""
+        digests = [_digest(turn.text) for turn in turns]
         with self._lock:
-            index = self._indexes.get(digest)
-            if index is not None:
-                self._indexes.move_to_end(digest)
-                return index
-        index = KeywordIndex()
-        index.add([turn.text for turn in turns])
+            entry = self._indexes.get(conversation)
+            if entry is not None:
+                self._indexes.move_to_end(conversation)
+        if entry is not None:
+            with entry.lock:
+                known = len(entry.digests)
+                if known <= len(digests) and entry.digests == digests[:known]:
+                    if known < len(digests):
+                        entry.index.add([turn.text for turn in turns[known:]])
+                        entry.digests = digests
+                    return entry
+        entry = _Indexed(digests, KeywordIndex())
+        entry.index.add([turn.text for turn in turns])
         with self._lock:
-            self._indexes[digest] = index
+            self._indexes[conversation] = entry
             while len(self._indexes) > self._indexes_kept:
                 self._indexes.popitem(last=False)
-        return index
+        return entry
 
     def recall(
         self,
@@ -171,13 +184,16 @@ class TurnRecall:
         query_vector: np.ndarray | None,
         budget_tokens: int,
         *,
+        conversation: str = "",
         top_k: int = 12,
         keyword_weight: float = 0.5,
     ) -> list[int]:
         """Indexes into ``dropped`` of the turns to bring back, in conversation order."""
         if not dropped or not query or budget_tokens <= 0:
             return []
-        keyword = self._keyword_index(dropped).scores(query)
+        indexed = self._keyword_index(dropped, conversation)
+        with indexed.lock:
+            keyword = indexed.index.scores(query)
         dense = np.zeros(len(dropped), dtype=np.float32)
         embedded = np.zeros(len(dropped), dtype=bool)
         if query_vector is not None:
