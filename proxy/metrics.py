@@ -9,7 +9,7 @@ from proxy.extraction.jobs import JobStats
 
 JOB_EVENTS = (
     "enqueued", "duplicates", "enqueue_failures", "completed", "attempt_failures", "dead",
-    "parked", "coalesced",
+    "parked", "coalesced", "store_unavailable",
 )
 
 

@@ -270,3 +270,25 @@ def test_postgres_restart_chats_keep_flowing_and_jobs_resume(
     chat(b.base_url, "gil", "I sail a small boat.")
     wait_until(lambda: done(url, "gil"), timeout=30)
     assert "User sails a small boat" in memories_of(a.base_url, "gil")
+
+
+def test_chroma_down_chats_flow_degraded_and_writes_wait_in_the_queue(
+    cluster: Cluster, chroma_server: ChromaServer,
+) -> None:
+    a, b, _ = cluster["replicas"]
+    url = cluster["url"]
+    chroma_server.stop()
+    try:
+        response = httpx.post(
+            a.base_url + "/v1/chat/completions", headers={"X-User-Id": "hal"}, timeout=30,
+            json={"model": "m", "messages": [{"role": "user", "content": "I fly kites."}]},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-memory-status"] == "degraded"
+        wait_until(lambda: [s for u, s, _, _ in jobs(url) if u == "hal"] == ["queued"])
+        time.sleep(2.0)  # several retry periods: the job waits, it spends no attempts
+        assert [(s, n) for u, s, n, _ in jobs(url) if u == "hal"] == [("queued", 0)]
+    finally:
+        chroma_server.start()
+    wait_until(lambda: done(url, "hal"), timeout=30)
+    assert [m for m in memories_of(b.base_url, "hal") if "kites" in m] == ["User fly kites"]

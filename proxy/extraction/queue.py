@@ -308,15 +308,18 @@ class JobQueue(JobAdmin):
         )
         return "queued"
 
-    def release(self, job_id: int, worker: str) -> bool:
-        """Give a job back unfinished (shutdown); the attempt does not count."""
+    def release(self, job_id: int, worker: str, after: float = 0.0, error: str | None = None
+                ) -> bool:
+        """Give a job back unfinished, due again in ``after`` seconds; the attempt does not
+        count (shutdown; the memory store unreachable: the job waits, it did nothing wrong)."""
         now = self._clock()
+        due = now + after
         return self._update_leased(
             job_id, worker,
             "state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
-            " lease_owner = NULL,"
-            " lease_until = NULL, run_after = ?, updated_at = ?",
-            (now, now), now,
+            " lease_owner = NULL, lease_until = NULL, run_after = ?, updated_at = ?,"
+            " last_error = coalesce(?, last_error)",
+            (due, now, error), due,
         )
 
     def park(self, job_id: int, worker: str) -> bool:

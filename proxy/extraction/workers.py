@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import anyio
 
 from proxy.config import JobSettings
+from proxy.errors import MemoryUnavailable
 from proxy.extraction.jobs import ExtractionJob, ExtractionResult, JobStats, exchange_hash, owner_of
 from proxy.extraction.queue import JobQueue
 from proxy.gateway.identity import Identity
@@ -329,6 +330,17 @@ class ExtractionWorkers:
             self.queue.unclaim([f.id for f in followers if f.id is not None], self.token)
             self.queue.release(job_id, self.token)
             raise
+        except MemoryUnavailable as exc:
+            # The store (a Chroma server) is down: the job waits in the queue, no attempt
+            # spent, however long the outage lasts; nothing is lost.
+            await self._db(
+                self.queue.unclaim, [f.id for f in followers if f.id is not None], self.token
+            )
+            error = redact(f"{type(exc).__name__}: {exc}", job.api_key)
+            await self._db(self.queue.release, job_id, self.token,
+                           self.queue.backoff(1), error)
+            self.counts["store_unavailable"] += 1
+            log.warning("extraction job %d waits for the memory store: %s", job_id, error)
         except Exception as exc:
             await self._db(
                 self.queue.unclaim, [f.id for f in followers if f.id is not None], self.token
