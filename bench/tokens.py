@@ -218,12 +218,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4000, help="history budget, tokens")
     parser.add_argument("--replay", type=int, default=30, help="exchanges replayed per talk")
     parser.add_argument("--conversations", type=int, default=0, help="first N only (0: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a proxy setting for every run, e.g. conversation.keep_last=8")
     args = parser.parse_args()
+    extra = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+             for k, v in (item.split("=", 1) for item in args.set)}
     talks = load_talks(args.locomo) if args.locomo else load_synthetic(SYNTHETIC)
     if args.conversations:
         talks = talks[: args.conversations]
     started = time.perf_counter()
-    results: dict[str, Any] = {"machine": machine(), "budget": args.budget,
+    results: dict[str, Any] = {"machine": machine(), "budget": args.budget, "settings": extra,
                                "source": str(args.locomo or SYNTHETIC.name)}
     # The real model, exported to ONNX once into bench/results (git-ignored).
     embedder = open_embedder(EmbeddingSettings(), Path(__file__).resolve().parent / "results")
@@ -237,7 +241,7 @@ def main() -> None:
         degraded: dict[str, int] = {}
         questions: list[dict[str, Any]] = []
         for name, (overrides, budget) in configs.items():
-            run = Run(fake, embedder, overrides)
+            run = Run(fake, embedder, {**extra, **overrides})
             try:
                 reuse[name] = []
                 for talk in talks:

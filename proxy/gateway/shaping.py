@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,9 @@ log = logging.getLogger("memproxy.shaping")
 BUDGET_HEADER = "x-memory-history-budget"
 TRIMMED_HEADER = "x-memory-trimmed"
 RECALLED_HEADER = "x-memory-recalled"
-EMBED_BATCH = 256  # left-out turns embedded per request, off the hot path
+EMBED_BATCH = 256  # left-out turns embedded per request, off the hot path …
+EMBED_PIECE = 8  # … this many per model call …
+EMBED_PAUSE = 0.005  # … with a breath between calls for the requests being served
 
 
 def opening_texts(conversation: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -149,8 +152,12 @@ class RequestShaper:
         def work() -> None:
             try:
                 texts = self.recall.missing(dropped)[:EMBED_BATCH]
-                if texts:
-                    self.recall.remember_vectors(texts, embedder.embed(texts))
+                # Small pieces, one after the other: the model's one inference thread is
+                # never held from a chat's query embedding for more than one piece.
+                for start in range(0, len(texts), EMBED_PIECE):
+                    piece = texts[start:start + EMBED_PIECE]
+                    self.recall.remember_vectors(piece, embedder.embed(piece))
+                    time.sleep(EMBED_PAUSE)
             except Exception as exc:  # the keyword side still ranks them
                 log.warning("embedding left-out turns failed (%s: %s)", type(exc).__name__, exc)
             finally:

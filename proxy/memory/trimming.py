@@ -185,7 +185,7 @@ class TurnRecall:
         budget_tokens: int,
         *,
         conversation: str = "",
-        top_k: int = 12,
+        top_k: int | None = None,
         keyword_weight: float = 0.5,
     ) -> list[int]:
         """Indexes into ``dropped`` of the turns to bring back, in conversation order."""
@@ -213,7 +213,7 @@ class TurnRecall:
         chosen: list[int] = []
         used = 0
         for i in np.argsort(-fused, kind="stable"):
-            if fused[i] < 0 or len(chosen) >= top_k:
+            if fused[i] < 0 or (top_k is not None and len(chosen) >= top_k):
                 break
             cost = dropped[int(i)].tokens
             if used + cost > budget_tokens:
