@@ -125,6 +125,7 @@ def test_trimming_leaves_out_old_turns_in_steps_and_recalls_what_is_asked(
     assert first[0] == SYSTEM and first[-1]["content"] == "What is my cat called?"
     assert len(first) < len(sent) // 2
     assert headers[0]["x-memory-trimmed"].startswith("turns=")
+    assert "x-memory-history-budget" not in forwarded_chats(upstream)[-1].headers  # ours only
     assert int(headers[0]["x-memory-recalled"]) >= 1
     late = first[-2]
     assert late["role"] == "system" and "<earlier_turns>" in late["content"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.config import Settings
 from proxy.errors import InvalidRequest
+from proxy.gateway.forwarding import HISTORY_BUDGET_HEADER
 from proxy.memory.conversation import Placement, StableBlocks, conversation_key
 from proxy.memory.embedding import Embedder
 from proxy.memory.model import Memory, ScoredMemory
@@ -32,7 +33,7 @@ from proxy.memory.trimming import TrimPlan, Turn, TurnRecall, plan_trim
 
 log = logging.getLogger("memproxy.shaping")
 
-BUDGET_HEADER = "x-memory-history-budget"
+BUDGET_HEADER = HISTORY_BUDGET_HEADER
 TRIMMED_HEADER = "x-memory-trimmed"
 RECALLED_HEADER = "x-memory-recalled"
 EMBED_BATCH = 256  # left-out turns embedded per request, off the hot path …
