@@ -99,7 +99,7 @@ def admin(server: ThreadedServer) -> httpx.Client:
                         headers={"authorization": f"Bearer {ADMIN}"})
 
 
-def wait(driver: Any, condition: Any, timeout: float = 10) -> Any:
+def wait(driver: Any, condition: Any, timeout: float = 30) -> Any:
     return WebDriverWait(driver, timeout).until(condition)
 
 

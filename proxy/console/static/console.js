@@ -42,6 +42,7 @@ async function signIn() {
   document.getElementById("who").textContent = "Signed in: " + describe(state.scope);
 }
 
+let renders = 0;
 const PAGES = { users: usersPage, user: userPage, explain: explainPage, jobs: jobsPage };
 
 async function render() {
@@ -54,15 +55,21 @@ async function render() {
     if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   say("");
-  const root = document.getElementById("page");
-  root.replaceChildren(h("p", { class: "muted", text: "Loading…" }));
+  // Each render fills its own container, shown only if no later navigation overtook it.
+  const mine = ++renders;
+  const shown = document.getElementById("page");
+  shown.replaceChildren(h("p", { class: "muted", text: "Loading…" }));
+  const root = h("div");
   try {
     await page(root, params);
   } catch (error) {
+    if (mine !== renders) return;
     if (error.status === 401) { signOut(error.message); return; }
     root.replaceChildren(h("p", { class: "muted", text: "Could not load this page." }));
     say(error.message, true);
   }
+  if (mine !== renders) return;
+  shown.replaceChildren(root);
   const heading = root.querySelector("h1");
   if (heading) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
 }
