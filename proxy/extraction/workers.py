@@ -45,26 +45,37 @@ class JobHandler(Protocol):
     async def apply(self, job: ExtractionJob, result: ExtractionResult) -> object: ...
 
 
+def provider_of(model: str) -> str:
+    """Which provider a key is for, by the extraction model's litellm prefix: a key seen on
+    /v1/messages is an Anthropic key and must never reach the OpenAI upstream, or back."""
+    prefix, slash, _ = model.partition("/")
+    return prefix if slash and prefix == "anthropic" else ""
+
+
 class CallerKeys:
-    """Callers' API keys in process memory: by job, and each owner's latest. Never persisted."""
+    """Callers' API keys in process memory: by job, and each owner's latest per provider.
+    Never persisted."""
 
     def __init__(self, max_owners: int = 100_000):
         self._by_job: dict[int, str] = {}
         self._by_owner: OrderedDict[str, str] = OrderedDict()
         self._max_owners = max_owners
 
-    def remember(self, owner: str, key: str, job_id: int | None = None) -> None:
-        self._by_owner[owner] = key
-        self._by_owner.move_to_end(owner)
+    def remember(
+        self, owner: str, key: str, job_id: int | None = None, model: str = ""
+    ) -> None:
+        slot = f"{owner}\0{provider_of(model)}"
+        self._by_owner[slot] = key
+        self._by_owner.move_to_end(slot)
         while len(self._by_owner) > self._max_owners:
             self._by_owner.popitem(last=False)
         if job_id is not None:
             self._by_job[job_id] = key
 
-    def key_for(self, job_id: int | None, owner: str) -> str | None:
+    def key_for(self, job_id: int | None, owner: str, model: str = "") -> str | None:
         if job_id is not None and job_id in self._by_job:
             return self._by_job[job_id]
-        return self._by_owner.get(owner)
+        return self._by_owner.get(f"{owner}\0{provider_of(model)}")
 
     def forget(self, job_id: int | None) -> None:
         if job_id is not None:
@@ -162,12 +173,14 @@ class ExtractionWorkers:
         return out
 
     # -- the chat side ----------------------------------------------------------------------
-    async def saw_caller(self, identity: Identity, api_key: str | None) -> None:
+    async def saw_caller(
+        self, identity: Identity, api_key: str | None, model: str = ""
+    ) -> None:
         """A successful request: keep its key in memory, wake the owner's parked jobs."""
         if api_key is None or identity.user_id is None:
             return
         owner = owner_of(identity)
-        self.keys.remember(owner, api_key)
+        self.keys.remember(owner, api_key, model=model)
         if owner in self._waiting_owners:
             self._waiting_owners.discard(owner)
             try:
@@ -199,7 +212,7 @@ class ExtractionWorkers:
             return None
         self.counts["enqueued"] += 1
         if api_key is not None:
-            self.keys.remember(job.owner, api_key, job_id)
+            self.keys.remember(job.owner, api_key, job_id, job.model)
         self._wake.set()
         return job_id
 
@@ -297,7 +310,7 @@ class ExtractionWorkers:
     async def _run(self, job: ExtractionJob) -> None:
         assert self._handler is not None and job.id is not None
         handler, job_id = self._handler, job.id
-        job.api_key = self.keys.key_for(job_id, job.owner)
+        job.api_key = self.keys.key_for(job_id, job.owner, job.model)
         if job.api_key is None and job.has_caller_key and handler.needs_caller_key(job):
             await self._db(self.queue.park, job_id, self.token)
             self._waiting_owners.add(job.owner)

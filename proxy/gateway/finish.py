@@ -53,7 +53,8 @@ class Finish:
             if jobs is None or assistant_text is None:
                 return
             identity = self._identity
-            await jobs.saw_caller(identity, self._api_key)  # may wake this user's parked jobs
+            # May wake this user's parked jobs (those for the same provider get this key).
+            await jobs.saw_caller(identity, self._api_key, self._model)
             if not identity.writes or not self._user_texts:
                 return
             job = ExtractionJob(
