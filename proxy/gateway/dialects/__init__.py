@@ -79,3 +79,26 @@ def item_tokens(item: Any, text: str, count: Callable[[str], int]) -> int:
     if isinstance(item, dict) and isinstance(item.get("content"), str) and len(item) <= 2:
         return count(text)
     return count(json.dumps(item, ensure_ascii=False, default=str))
+
+
+class OpenAIShaped:
+    """What the OpenAI-shaped dialects share: ``stream: true`` streams, the request's model
+    extracts, errors in OpenAI's shape, the key in ``Authorization``."""
+
+    def wants_stream(self, body: dict[str, Any]) -> bool:
+        return body.get("stream") is True
+
+    def extraction_model(self, body: dict[str, Any]) -> str:
+        return str(body.get("model", ""))
+
+    def error_response(self, exc: ProxyError) -> Response:
+        return exc.to_response()
+
+    def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        return headers
+
+
+def without_items(body: dict[str, Any], key: str, start: int, end: int) -> dict[str, Any]:
+    """The body with ``body[key][start:end]`` left out (the caller's list is not changed)."""
+    items = body[key]
+    return {**body, key: [*items[:start], *items[end:]]}

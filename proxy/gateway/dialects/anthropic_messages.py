@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError
-from proxy.gateway.dialects import item_tokens
+from proxy.gateway.dialects import item_tokens, without_items
 from proxy.gateway.dialects.chat_completions import parse_json_object
 from proxy.gateway.sse import JsonEventReader
 from proxy.memory.retrieval import message_text
@@ -145,8 +145,7 @@ class AnthropicMessagesDialect:
         return turns
 
     def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-        messages = body["messages"]
-        return {**body, "messages": [*messages[:start], *messages[end:]]}
+        return without_items(body, "messages", start, end)
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return body.get("stream") is True

@@ -9,14 +9,12 @@ prompt-cache prefix stays as it was); the reply is ``choices[0].message.content`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from starlette.responses import Response
-
 from proxy import strict_json
-from proxy.errors import InvalidRequest, ProxyError
-from proxy.gateway.dialects import item_tokens
+from proxy.errors import InvalidRequest
+from proxy.gateway.dialects import OpenAIShaped, item_tokens, without_items
 from proxy.gateway.sse import ChatStreamAssembler
 from proxy.memory.injection import inject_memory_block
 from proxy.memory.retrieval import message_text
@@ -40,7 +38,7 @@ def newest_user_turn(items: list[Any], is_user: Callable[[Any], bool]) -> int:
     return at
 
 
-class ChatCompletionsDialect:
+class ChatCompletionsDialect(OpenAIShaped):
     name = "chat_completions"
     upstream_path = "/chat/completions"
     uses_model_routes = True
@@ -78,11 +76,7 @@ class ChatCompletionsDialect:
         return turns
 
     def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-        messages = body["messages"]
-        return {**body, "messages": [*messages[:start], *messages[end:]]}
-
-    def wants_stream(self, body: dict[str, Any]) -> bool:
-        return body.get("stream") is True
+        return without_items(body, "messages", start, end)
 
     def reply_text(self, content: bytes) -> str | None:
         try:
@@ -94,12 +88,3 @@ class ChatCompletionsDialect:
 
     def stream_assembler(self) -> ChatStreamAssembler:
         return ChatStreamAssembler()
-
-    def extraction_model(self, body: dict[str, Any]) -> str:
-        return str(body.get("model", ""))
-
-    def error_response(self, exc: ProxyError) -> Response:
-        return exc.to_response()
-
-    def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
-        return headers

@@ -22,13 +22,11 @@ The reply: the ``output_text`` parts of the ``message`` items in ``output``; str
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from starlette.responses import Response
-
-from proxy.errors import InvalidRequest, ProxyError
-from proxy.gateway.dialects import item_tokens
+from proxy.errors import InvalidRequest
+from proxy.gateway.dialects import OpenAIShaped, item_tokens, without_items
 from proxy.gateway.dialects.chat_completions import newest_user_turn, parse_json_object
 from proxy.gateway.sse import JsonEventReader
 from proxy.memory.retrieval import message_text
@@ -108,7 +106,7 @@ class ResponsesStreamAssembler:
                 self.failed = True
 
 
-class ResponsesDialect:
+class ResponsesDialect(OpenAIShaped):
     name = "responses"
     upstream_path = "/responses"
     uses_model_routes = False
@@ -173,11 +171,7 @@ class ResponsesDialect:
         return turns
 
     def without(self, body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-        items = _input_items(body)
-        return {**body, "input": [*items[:start], *items[end:]]}
-
-    def wants_stream(self, body: dict[str, Any]) -> bool:
-        return body.get("stream") is True
+        return without_items({**body, "input": _input_items(body)}, "input", start, end)
 
     def reply_text(self, content: bytes) -> str | None:
         try:
@@ -190,12 +184,3 @@ class ResponsesDialect:
 
     def stream_assembler(self) -> ResponsesStreamAssembler:
         return ResponsesStreamAssembler()
-
-    def extraction_model(self, body: dict[str, Any]) -> str:
-        return str(body.get("model", ""))
-
-    def error_response(self, exc: ProxyError) -> Response:
-        return exc.to_response()
-
-    def auth_view(self, headers: Mapping[str, str]) -> Mapping[str, str]:
-        return headers
