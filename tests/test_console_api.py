@@ -282,3 +282,47 @@ def test_console_can_be_turned_off(
     settings.server.console = False
     proxy = start_proxy(settings)
     assert httpx.get(proxy.base_url + "/console/").status_code == 404
+
+
+class FlakyEmbedder:
+    """The test embedder, failing while ``broken`` (an embedding service that was down)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.broken = True
+
+    @property
+    def dimension(self) -> int:
+        return int(self.inner.dimension)
+
+    def embed(self, texts: Any) -> Any:
+        if self.broken:
+            raise RuntimeError("embedding service down")
+        return self.inner.embed(texts)
+
+
+def test_a_dead_letter_is_listed_with_its_error_and_retried_to_done(
+    admin_settings: Settings, start_proxy: Callable[..., ThreadedServer], hashing_embedder: Any,
+) -> None:
+    admin_settings.jobs.max_attempts = 1
+    admin_settings.jobs.poll_seconds = 0.05
+    embedder = FlakyEmbedder(hashing_embedder)
+    proxy = start_proxy(admin_settings, embedder=embedder)
+    api = client(proxy)
+    reply = chat(proxy.base_url, {"model": "m", "messages": [
+        {"role": "user", "content": "I keep three beehives"}]}, **{"X-User-Id": "dee"})
+    assert reply.status_code == 200 and reply.headers["x-memory-status"] == "degraded"
+    deadline = time.monotonic() + 10
+    while not (dead := api.get("/v1/memories/jobs", params={"state": "dead"}).json()["data"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [j["user_id"] for j in dead] == ["dee"]
+    assert "embedding service down" in str(dead[0])
+    embedder.broken = False
+    assert api.post("/v1/memories/jobs/retry", json={"dead": True}).json()["retried"] == 1
+    while "I keep three beehives" not in [
+        m["memory"] for m in api.get("/v1/memories", params={"user_id": "dee"}).json()["data"]
+    ]:
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    assert api.get("/v1/memories/jobs", params={"state": "dead"}).json()["data"] == []
