@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -103,14 +104,33 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self, *, fast: bool = True) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate() if fast else self._process.kill()
-            try:
-                self._process.wait(20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
+        """Fast shutdown (SIGINT: every connection dropped, a clean stop), or with
+        ``fast=False`` an immediate one (SIGQUIT: no checkpoint, recovery at the next start).
+
+        The signal goes to the postmaster itself, never through ``runuser``: runuser answers a
+        SIGTERM by SIGKILLing its child 2 s later, which leaves orphaned backends holding the
+        shared memory, and then the next start on the same data directory fails.
+        """
+        if self._process is None or self._process.poll() is not None:
+            self._process = None
+            return
+        pid = self._postmaster_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT if fast else signal.SIGQUIT)
+        else:
+            self._process.terminate()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
         self._process = None
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
 
     def restart(self) -> None:
         """Stop (fast shutdown: every connection dropped) and start again, same port."""
