@@ -19,6 +19,7 @@ read, or a failure inside the transaction's work, before COMMIT).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import time
@@ -30,6 +31,8 @@ from psycopg_pool import ConnectionPool
 
 from proxy.state.engine import POSTGRES, Connection
 from proxy.state.migrations import MIGRATIONS, split_statements
+
+log = logging.getLogger("memproxy.state")
 
 T = TypeVar("T")
 
@@ -184,6 +187,7 @@ class PostgresDatabase:
                     if _broken(cause):
                         self._went_down()
                     raise cause from None
+                self._drop_broken()
             except psycopg.OperationalError:
                 self._went_down()  # no connection, or COMMIT lost: never retried
                 raise
@@ -207,7 +211,16 @@ class PostgresDatabase:
                     if _broken(exc):
                         self._went_down()
                     raise
+                self._drop_broken()
         raise AssertionError("unreachable")
+
+    def _drop_broken(self) -> None:
+        # After a server restart every idle connection in the pool is dead, not only the one
+        # that failed: test them all, so the retry gets a live one.
+        try:
+            self._pool.check()
+        except Exception as exc:
+            log.debug("pool check failed: %s", type(exc).__name__)
 
     def close(self) -> None:
         if not self._closed.is_set():
