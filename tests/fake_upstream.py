@@ -224,6 +224,9 @@ class FakeUpstream:
         # Responses the Responses API stored (store: true): previous_response_id must name one.
         self.stored_responses: set[str] = set()
         self.chunk_delay = 0.0
+        # When the newest stream sent its last event (time.monotonic()): a client that got
+        # content before it was not handed one burst at the end.
+        self.last_event_sent_at = 0.0
         self.response_delay = 0.0
         self.extraction_delay = 0.0  # extra delay for structured (extraction) calls only
         # Set when a stream is abandoned mid-way, i.e. the client disconnected.
@@ -446,6 +449,7 @@ class FakeUpstream:
                 if i and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 yield event
+            self.last_event_sent_at = time.monotonic()
             yield "data: [DONE]\n\n"
             completed = True
         finally:
@@ -478,6 +482,8 @@ class FakeUpstream:
                     return
                 if i and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
+                if i == len(events) - 1:
+                    self.last_event_sent_at = time.monotonic()
                 yield event
             completed = True
         finally:
