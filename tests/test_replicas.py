@@ -265,10 +265,14 @@ def test_postgres_restart_chats_keep_flowing_and_jobs_resume(
         assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
     finally:
         postgres_server.start()
-    wait_until(lambda: httpx.get(a.base_url + "/readyz", timeout=10).status_code == 200,
-               timeout=30)
+    for replica in (a, b):
+        wait_until(lambda r=replica: httpx.get(r.base_url + "/readyz", timeout=10
+                                               ).status_code == 200, timeout=30)
     chat(b.base_url, "gil", "I sail a small boat.")
-    wait_until(lambda: done(url, "gil"), timeout=30)
+    try:
+        wait_until(lambda: done(url, "gil"), timeout=30)
+    except AssertionError:
+        raise AssertionError(f"jobs: {jobs(url)}; b's log: {b.log()[-3000:]}") from None
     assert "User sails a small boat" in memories_of(a.base_url, "gil")
 
 

@@ -185,30 +185,37 @@ def test_history_keys_and_owner_versions_on_postgres(database_url: str) -> None:
     b.close()
 
 
+def restart_with_idle_connections(db: postgres.PostgresDatabase, server: Any) -> None:
+    """Four connections in the pool at once, idle when the server restarts: all dead."""
+    barrier = threading.Barrier(4)
+
+    def hold() -> None:
+        with db._pool.connection() as conn:
+            barrier.wait(10)
+            conn.execute("SELECT 1")
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    server.stop()
+    server.start()
+
+
+@pytest.mark.parametrize("first", ["read", "write"])
 def test_after_a_postgres_restart_the_first_call_gets_a_live_connection(
-    database_url: str, postgres_server: Any,
+    database_url: str, postgres_server: Any, first: str,
 ) -> None:
     db = postgres.PostgresDatabase(database_url, pool_size=4)
     try:
-        # Four connections in the pool at once, all idle afterwards.
-        barrier = threading.Barrier(4)
-
-        def hold() -> None:
-            with db._pool.connection() as conn:
-                barrier.wait(10)
-                conn.execute("SELECT 1")
-
-        threads = [threading.Thread(target=hold) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(20)
-        postgres_server.stop()
-        postgres_server.start()
-        # Every idle connection is dead now; the one retry must not take another dead one.
+        restart_with_idle_connections(db, postgres_server)
+        # A write's BEGIN on a dead connection committed nothing: retried like a read; and the
+        # one retry must not take another dead connection.
+        if first == "write":
+            rows = db.write(lambda conn: conn.execute("SELECT 2 AS two").fetchall())
+            assert len(rows) == 1 and rows[0]["two"] == 2
         rows = db.read("SELECT 1 AS one")
         assert len(rows) == 1 and rows[0]["one"] == 1
-        rows = db.write(lambda conn: conn.execute("SELECT 2 AS two").fetchall())
-        assert len(rows) == 1 and rows[0]["two"] == 2
     finally:
         db.close()

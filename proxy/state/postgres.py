@@ -13,7 +13,8 @@ would be off by minutes).
 
 A connection that broke under a query (the server restarted) is dropped by the pool; the
 query is tried once more on a fresh connection when nothing can have been committed (a
-read, or a failure inside the transaction's work, before COMMIT).
+read, a transaction whose BEGIN failed, or a failure inside its work, before COMMIT); before
+that retry the pool tests its idle connections, since after a restart all of them are dead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from proxy.state.engine import POSTGRES, Connection
 from proxy.state.migrations import MIGRATIONS, split_statements
@@ -124,6 +125,10 @@ class _WorkFailed(Exception):
     """Raised inside a transaction's work (before COMMIT): a retry cannot apply it twice."""
 
 
+class _NotBegun(Exception):
+    """The transaction never began (its connection was dead): a retry cannot apply it twice."""
+
+
 def migrate(pool: ConnectionPool[Any], migrations: tuple[tuple[str, str], ...] = MIGRATIONS,
             ) -> list[str]:
     """Apply the migrations not yet applied, in order, each once across every replica."""
@@ -180,7 +185,7 @@ class PostgresDatabase:
         for attempt in (1, 2):
             try:
                 return self._write_once(work)
-            except _WorkFailed as failed:
+            except (_WorkFailed, _NotBegun) as failed:
                 cause = failed.__cause__
                 assert cause is not None
                 if attempt == 2 or not _broken(cause):
@@ -189,16 +194,27 @@ class PostgresDatabase:
                     raise cause from None
                 self._drop_broken()
             except psycopg.OperationalError:
-                self._went_down()  # no connection, or COMMIT lost: never retried
+                self._went_down()  # COMMIT lost: it may have been applied, never retried
                 raise
         raise AssertionError("unreachable")
 
     def _write_once(self, work: Callable[[Connection], T]) -> T:
-        with self._pool.connection() as conn, conn.transaction():
-            try:
-                return work(_Connection(conn))
-            except Exception as exc:
-                raise _WorkFailed() from exc
+        begun = False
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                begun = True
+                try:
+                    return work(_Connection(conn))
+                except Exception as exc:
+                    raise _WorkFailed() from exc
+        except psycopg.OperationalError as exc:
+            if begun:
+                raise
+            # No connection, or a pooled one that died idle (BEGIN failed): nothing was sent
+            # that could have been committed. A pool timeout is an outage, not retried.
+            if isinstance(exc, PoolTimeout):
+                raise
+            raise _NotBegun() from exc
 
     def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         self._check_up()
