@@ -168,7 +168,9 @@ class RetrievalSettings(_Section):
     # Users with more memories: a memory needs a query term or at least this cosine.
     min_score: float = Field(default=0.05, ge=-1, le=1)
     max_tokens: int = Field(default=400, ge=1)
-    timeout_ms: int = Field(default=250, ge=1)
+    timeout_ms: int = Field(default=250, ge=1)  # one retrieval's own work
+    max_concurrent: int = Field(default=8, ge=1, le=1024)  # retrievals running at once
+    queue_timeout_ms: int = Field(default=1000, ge=1)  # longest wait for a turn
     core_when_at_most: int = Field(default=12, ge=0)
     short_query_chars: int = Field(default=24, ge=0)
     fusion: Literal["weighted", "rrf"] = "weighted"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,59 @@ def test_slow_embedder_times_out_and_the_chat_goes_on(settings: Settings, start_
     )
     assert raw.headers["x-memory-status"] == "degraded"
     assert time.monotonic() - started < 0.7
+
+
+class BusyStore(FailingStore):
+    """Each search is ``work`` seconds that cannot overlap another's: what CPU-bound ranking
+    is on a machine whose cores are all busy. Concurrent callers only slow each other down."""
+
+    def __init__(self, work: float) -> None:
+        super().__init__()
+        self.work = work
+        self._lock = threading.Lock()
+
+    def candidates(self, user_id: str, vector: np.ndarray, query: str, **kwargs: Any) -> Any:
+        with self._lock:
+            time.sleep(self.work)
+        return super().candidates(user_id, vector, query, **kwargs)
+
+
+def concurrent_statuses(base_url: str, count: int) -> list[str]:
+    def ask(n: int) -> str:
+        response = httpx.post(base_url + CHAT_PATH, headers={"X-User-Id": f"busy{n}"},
+                              timeout=30, json={"model": "m", "messages": [
+                                  {"role": "user", "content": f"What did I plant in bed {n}?"}]})
+        assert response.status_code == 200
+        return response.headers["x-memory-status"]
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(ask, range(count)))
+
+
+def test_load_waits_its_turn_and_is_not_degraded(settings: Settings, start_proxy) -> None:
+    # Six requests at once, 0.1 s of work each: together 0.6 s, over the 0.25 s timeout, but
+    # one retrieval at a time each finishes its own work well within it.
+    settings.retrieval.timeout_ms = 250
+    settings.retrieval.max_concurrent = 1
+    settings.extraction.mode = "off"
+    proxy = start_proxy(settings, store=BusyStore(work=0.1))
+    assert concurrent_statuses(proxy.base_url, 6) == ["none"] * 6
+    assert "memproxy_memory_failures_total{" not in httpx.get(proxy.base_url + "/metrics").text
+
+
+def test_a_queue_that_does_not_move_is_an_overload_and_the_chat_goes_on(
+    settings: Settings, start_proxy
+) -> None:
+    settings.retrieval.timeout_ms = 250
+    settings.retrieval.max_concurrent = 1
+    settings.retrieval.queue_timeout_ms = 150
+    settings.extraction.mode = "off"
+    proxy = start_proxy(settings, store=BusyStore(work=0.1))
+    statuses = concurrent_statuses(proxy.base_url, 8)
+    assert statuses.count("degraded") >= 2 and statuses.count("none") >= 1, statuses
+    metrics = httpx.get(proxy.base_url + "/metrics").text
+    assert f'memproxy_memory_failures_total{{reason="overloaded"}} ' \
+           f'{statuses.count("degraded")}' in metrics
 
 
 def test_unwritable_store_path_keeps_jobs_until_a_restart_with_a_store(

@@ -65,11 +65,17 @@ class GatewayServices:
     auth: Authenticator | None = None  # None: no proxy keys, no signatures (tests)
     embedder: Embedder | None = None
     shaper: RequestShaper | None = None  # made from the above on first use
+    slots: anyio.CapacityLimiter | None = None  # retrievals running at once; on first use
 
     def request_shaper(self) -> RequestShaper:
         if self.shaper is None:
             self.shaper = RequestShaper(self.settings, self.store, self.embedder)
         return self.shaper
+
+    def retrieval_slots(self) -> anyio.CapacityLimiter:
+        if self.slots is None:  # made inside the event loop, as anyio requires
+            self.slots = anyio.CapacityLimiter(self.settings.retrieval.max_concurrent)
+        return self.slots
 
 
 @dataclass
@@ -246,7 +252,6 @@ class MemoryFlow:
             return MemoryOutcome("none")
         user_id = identity.user_id
         assert user_id is not None
-        started = time.perf_counter()
         model_name = model if isinstance(model, str) else None
         shaper = self.s.request_shaper()
 
@@ -262,8 +267,23 @@ class MemoryFlow:
                 turns, plan, budget,
             )
 
+        # Fail open is for faults, not for load. Retrievals take turns (a few at a time: more
+        # threads on the same cores only make each one slower), and the timeout counts the
+        # retrieval's own work, not its turn in the queue; a queue that does not move within
+        # queue_timeout_ms is an overload, and the request goes on without memories.
+        settings = self.s.settings.retrieval
+        slots = self.s.retrieval_slots()
         try:
-            with anyio.fail_after(self.s.settings.retrieval.timeout_ms / 1000):
+            with anyio.fail_after(settings.queue_timeout_ms / 1000):
+                await slots.acquire()
+        except TimeoutError:
+            self.s.metrics.memory_failures["overloaded"] += 1
+            log.warning("retrieval queue did not move in %d ms; forwarding without memories",
+                        settings.queue_timeout_ms)
+            return MemoryOutcome("degraded")
+        try:
+            started = time.perf_counter()
+            with anyio.fail_after(settings.timeout_ms / 1000):
                 found, shaped = await anyio.to_thread.run_sync(
                     retrieve_and_shape, abandon_on_cancel=True
                 )
@@ -276,6 +296,8 @@ class MemoryFlow:
             log.warning("retrieval failed (%s: %s); forwarding without memories",
                         type(exc).__name__, exc)
             return MemoryOutcome("degraded")
+        finally:
+            slots.release()
         self.s.metrics.observe_retrieval(time.perf_counter() - started)
         block = render_memory_block(shaped.stable) if shaped.stable else None
         recalled = [render_recalled([turn]) for turn in shaped.recalled]
