@@ -163,6 +163,38 @@ def test_a_dead_exchange_can_be_sent_again(queue: JobQueue) -> None:
     assert queue.enqueue(job("a", "x", digest="h")) is not None
 
 
+def test_a_new_job_goes_in_line_behind_the_owners_unfinished_ones(
+    queue: JobQueue, clock: Clock, tmp_path: Path
+) -> None:
+    def due(job_id: int | None) -> float:
+        with sqlite3.connect(database_path(tmp_path)) as conn:
+            return float(conn.execute("SELECT run_after FROM jobs WHERE id = ?",
+                                      (job_id,)).fetchone()[0])
+
+    first = job("a", "1")
+    queue.enqueue(first)
+    assert queue.claim("w") is not None  # running, leased for 30 s
+    behind_lease = job("a", "2", digest="2")
+    queue.enqueue(behind_lease)
+    assert due(behind_lease.id) == clock.now + 30
+    assert first.id is not None and queue.park(first.id, "w")  # waits for a key up to 500 s
+    behind_hold = job("a", "3", digest="3")
+    queue.enqueue(behind_hold)
+    assert due(behind_hold.id) == clock.now + 500
+    assert queue.wake(first.owner) == 1  # all queued again, due now
+    again = queue.claim("w")
+    assert again is not None and again.id == first.id
+    assert queue.fail(first.id, "w", again.attempts, "boom") == "queued"  # backs off 10-12 s
+    backoff = due(first.id)
+    assert backoff >= clock.now + 10
+    behind_queued = job("a", "4", digest="4")  # nothing running or parked: the queued ones
+    queue.enqueue(behind_queued)
+    assert due(behind_queued.id) == backoff
+    other = job("b", "1", digest="b1")  # another owner's line is its own
+    queue.enqueue(other)
+    assert due(other.id) == clock.now
+
+
 def test_park_wake_release_and_stale_leases(queue: JobQueue) -> None:
     queue.enqueue(job("a", "x"))
     claimed = queue.claim("w")

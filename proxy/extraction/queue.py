@@ -67,12 +67,16 @@ class JobQueue(JobAdmin):
                 (job.exchange_hash, since),
             ).fetchone():
                 return None
-            (ahead,) = conn.execute(
-                "SELECT max(CASE state WHEN 'running' THEN lease_until"
-                " WHEN 'waiting_key' THEN :hold ELSE run_after END) FROM jobs"
-                " WHERE owner = :owner AND state IN ('queued', 'running', 'waiting_key')",
+            # Behind the owner's unfinished jobs: each term is one index look-up, whatever
+            # the length of the owner's backlog.
+            row = conn.execute(
+                "SELECT (SELECT max(lease_until) FROM jobs"
+                "  WHERE owner = :owner AND state = 'running'),"
+                " (SELECT :hold FROM jobs WHERE owner = :owner AND state = 'waiting_key' LIMIT 1),"
+                " (SELECT max(run_after) FROM jobs WHERE owner = :owner AND state = 'queued')",
                 {"owner": job.owner, "hold": now + self._settings.key_wait_seconds},
             ).fetchone()
+            ahead = max((value for value in tuple(row) if value is not None), default=None)
             cursor = conn.execute(
                 "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
                 " model, has_caller_key, created_at, run_after, updated_at, origin)"
