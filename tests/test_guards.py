@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from proxy.extraction.guards import (
     forget_terms,
     grounding,
     normalise_fact,
+    restates,
     same_topic,
     without_target,
 )
@@ -128,6 +130,20 @@ def test_a_name_shared_is_no_shared_topic() -> None:
     assert not same_topic("User lives in Berlin", "User has a cat named Miso", 0.35)
 
 
+@pytest.mark.parametrize(("old", "said", "confirmed"), [
+    ("User works as a nurse", "As I said, my job is nursing, mostly night shifts.", True),
+    ("User lives in Berlin", "I live in Berlin with my partner.", True),
+    ("User lives in Berlin", "I moved from Berlin to Paris.", False),
+    ("User drinks tea", "I switched from tea to coffee.", False),
+    ("User works at Acme as a nurse", "I'm a nurse at Globex.", False),
+    ("User lives in Berlin", "I don't live in Berlin anymore.", False),
+])
+def test_an_old_fact_said_again_with_no_change_marked_is_confirmed(
+    old: str, said: str, confirmed: bool
+) -> None:
+    assert restates(old, said) is confirmed
+
+
 # -- the extractor against a hostile model ------------------------------------------------
 SEED = [
     "User is building an app in Next.js with a Postgres backend",
@@ -208,6 +224,21 @@ async def test_replaces_everything_cannot_touch_another_topic_or_an_addition(
     assert "User has a dog named Rex" in current(store)
     assert "User also has a cat named Tom" in current(store)
     assert extractor.guard_events["supersede_to_add_additive"] == 1
+
+
+async def test_replaces_cannot_retire_a_fact_the_user_just_said_again(
+    hostile: tuple[Extractor, ChromaStore, HostileModel], upstream: FakeUpstream
+) -> None:
+    extractor, store, model = hostile
+    model.relation = "replaces"
+    # Like the real 1.5B model's fact for this turn ("User's job is mostly night shifts"):
+    # "nursing" dropped. (Worded so that the test's hashing embedder sees one topic.)
+    upstream.structured_replies.append(json.dumps({"facts": ["User works mostly night shifts"]}))
+    await extractor.process(turn("As I said, my job is nursing, mostly night shifts."))
+    assert {"User works as a nurse", "User works mostly night shifts"} <= current(store)
+    assert model.calls == ["relation"] and extractor.guard_events["supersede_to_add_restated"] == 1
+    history = store.history.of_owner("default", "u1")
+    assert [e.event for e in history].count("SUPERSEDE") == 0
 
 
 async def test_more_detail_that_drops_information_is_added_not_applied(

@@ -41,6 +41,7 @@ from proxy.extraction.guards import (
     grounding,
     keeps_information,
     normalise_fact,
+    restates,
     same_topic,
     says_nothing_new,
     without_target,
@@ -270,6 +271,9 @@ class Extractor:
         if relation == "replaces":
             if _ADDITIVE.search(user_words):
                 events["supersede_to_add_additive"] += 1  # "I also use Redis"
+                return {"op": "add", "id": None, "text": fact}
+            if restates(old.text, user_words):
+                events["supersede_to_add_restated"] += 1  # "As I said, I'm a nurse, …"
                 return {"op": "add", "id": None, "text": fact}
             return {"op": "supersede", "id": old.id, "text": fact}
         if relation == "more_detail":
