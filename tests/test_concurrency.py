@@ -59,8 +59,10 @@ def test_100_concurrent_streams_for_20_users_without_cross_talk(
     settings.jobs.poll_seconds = 0.05
     # Correctness under concurrency, not latency: client, fake upstream and proxy share one
     # process (one GIL) here, and 100 streams start at once. With the default 250 ms some
-    # requests would rightly fail open ("degraded"); that path has its own tests.
+    # requests would rightly fail open ("degraded"), and so would a wait for a retrieval turn
+    # longer than the default 1 s; those paths have their own tests.
     settings.retrieval.timeout_ms = 10_000
+    settings.retrieval.queue_timeout_ms = 10_000
     proxy = start_proxy(settings)
     asyncio.run(seed_all(proxy.base_url))
     wait_until(lambda: all(memories_of(proxy.base_url, f"user-{n}") for n in range(USERS)))
