@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -13,6 +15,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def spawn_fake_upstream(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The tests' fake upstream in a process of its own (bench/_serve_fake.py), output in
+    ``log``; returns it and its base URL (without /v1). Not waited for: see ``wait_ready``."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("_serve_fake.py")), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:

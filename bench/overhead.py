@@ -54,7 +54,7 @@ from _results import (
     percentiles,
     write_results,
 )
-from _servers import free_port, stop, wait_ready
+from _servers import free_port, spawn_fake_upstream, stop, wait_ready
 
 # The proxy package beside this bench/ (not whichever checkout the venv has installed).
 sys.path.insert(0, str(REPO_ROOT))
@@ -209,16 +209,13 @@ def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
 def start_servers(
     data_dir: Path, logs: Path, extraction: str = "off", overrides: dict[str, str] | None = None,
 ) -> tuple[list[subprocess.Popen[bytes]], str, str]:
-    fake_port, proxy_port = free_port(), free_port()
-    fake = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "bench" / "_serve_fake.py"), "--port", str(fake_port)],
-        stdout=open(logs / "overhead-fake.log", "wb"), stderr=subprocess.STDOUT,
-    )
+    fake, fake_url = spawn_fake_upstream(logs / "overhead-fake.log")
+    proxy_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMPROXY_")}
     env.update({
-        "MEMPROXY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "MEMPROXY_UPSTREAM_URL": f"{fake_url}/v1",
         "MEMPROXY_DATA_DIR": str(data_dir),
-        "MEMPROXY_ANTHROPIC_URL": f"http://127.0.0.1:{fake_port}",  # /v1/messages' upstream
+        "MEMPROXY_ANTHROPIC_URL": fake_url,  # /v1/messages' upstream
         "MEMPROXY_EXTRACTION_MODE": extraction,
         **{"MEMPROXY_" + key.upper().replace(".", "__"): value
            for key, value in (overrides or {}).items()},
@@ -231,8 +228,7 @@ def start_servers(
         [sys.executable, "-m", "proxy", "serve"], cwd=REPO_ROOT, env=env,
         stdout=open(logs / "overhead-proxy.log", "wb"), stderr=subprocess.STDOUT,
     )
-    fake_url, proxy_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{proxy_port}"
-    return [fake, proxy], fake_url, proxy_url
+    return [fake, proxy], fake_url, f"http://127.0.0.1:{proxy_port}"
 
 
 def process_facts(pid: int) -> dict[str, Any]:

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from _results import (
     percentiles,
     write_results,
 )
-from _servers import free_port, stop, wait_ready
+from _servers import free_port, spawn_fake_upstream, stop, wait_ready
 from overhead import CACHE_DIR, fact_texts, uvloop_run
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -74,11 +73,6 @@ from proxy.state.owners import SharedOwners  # noqa: E402
 CORES = os.cpu_count() or 1
 CHAT = "/v1/chat/completions"
 Request = tuple[str, dict[str, str], bytes]  # url, headers, body
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- the freshness check and job claims, in this process ------------------------------------
@@ -109,7 +103,7 @@ def bench_freshness(url: str, threads: int, seconds: float) -> dict[str, float]:
     owners.close()
     ms = [s * 1000 for s in samples]
     result = {"threads": threads, "checks_per_s": len(ms) / seconds,
-              "p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 0.99)}
+              "p50_ms": percentiles(ms)["p50"], "p99_ms": percentiles(ms)["p99"]}
     print(f"freshness check, {threads} threads, pool 8: {result['checks_per_s']:,.0f} checks/s, "
           f"p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
     single = SharedOwners.open(url, pool_size=1)
@@ -119,7 +113,8 @@ def bench_freshness(url: str, threads: int, seconds: float) -> dict[str, float]:
         single.stale(("t", f"u{n % 1000}"))
         alone.append((time.perf_counter() - started) * 1000)
     single.close()
-    result |= {"alone_p50_ms": statistics.median(alone), "alone_p99_ms": percentile(alone, 0.99)}
+    result |= {"alone_p50_ms": percentiles(alone)["p50"],
+               "alone_p99_ms": percentiles(alone)["p99"]}
     print(f"freshness check, 1 thread: p50 {result['alone_p50_ms']:.3f} ms, "
           f"p99 {result['alone_p99_ms']:.3f} ms")
     return result
@@ -165,13 +160,7 @@ def bench_claims(url: str, jobs: int) -> dict[str, float]:
 
 # -- end to end: processes --------------------------------------------------------------------
 def start_fake_upstream() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with open(RESULTS_DIR / "replicas-fake.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "bench" / "_serve_fake.py"), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process, url = spawn_fake_upstream(RESULTS_DIR / "replicas-fake.log")
     wait_ready(url + "/v1/models", process, 60)
     return process, url
 
