@@ -163,36 +163,85 @@ def test_a_dead_exchange_can_be_sent_again(queue: JobQueue) -> None:
     assert queue.enqueue(job("a", "x", digest="h")) is not None
 
 
-def test_a_new_job_goes_in_line_behind_the_owners_unfinished_ones(
-    queue: JobQueue, clock: Clock, tmp_path: Path
+def test_a_new_job_waits_behind_the_owners_unfinished_ones(
+    queue: JobQueue, clock: Clock
 ) -> None:
-    def due(job_id: int | None) -> float:
-        with sqlite3.connect(database_path(tmp_path)) as conn:
-            return float(conn.execute("SELECT run_after FROM jobs WHERE id = ?",
-                                      (job_id,)).fetchone()[0])
+    def claimed_id() -> int | None:
+        claimed = queue.claim("w")
+        return None if claimed is None else claimed.id
 
     first = job("a", "1")
     queue.enqueue(first)
-    assert queue.claim("w") is not None  # running, leased for 30 s
-    behind_lease = job("a", "2", digest="2")
-    queue.enqueue(behind_lease)
-    assert due(behind_lease.id) == clock.now + 30
-    assert first.id is not None and queue.park(first.id, "w")  # waits for a key up to 500 s
-    behind_hold = job("a", "3", digest="3")
-    queue.enqueue(behind_hold)
-    assert due(behind_hold.id) == clock.now + 500
-    assert queue.wake(first.owner) == 1  # all queued again, due now
-    again = queue.claim("w")
-    assert again is not None and again.id == first.id
-    assert queue.fail(first.id, "w", again.attempts, "boom") == "queued"  # backs off 10-12 s
-    backoff = due(first.id)
-    assert backoff >= clock.now + 10
-    behind_queued = job("a", "4", digest="4")  # nothing running or parked: the queued ones
-    queue.enqueue(behind_queued)
-    assert due(behind_queued.id) == backoff
+    assert first.id is not None and claimed_id() == first.id  # running, leased for 30 s
+    queue.enqueue(job("a", "2", digest="2"))
+    assert claimed_id() is None  # behind a running job
+    assert queue.park(first.id, "w")
+    clock.now += 100
+    assert claimed_id() is None  # behind a job waiting for its key
+    assert queue.wake(first.owner) == 1
+    assert claimed_id() == first.id
+    assert queue.fail(first.id, "w", 1, "boom") == "queued"  # backs off 10-12 s
+    queue.enqueue(job("a", "3", digest="3"))
     other = job("b", "1", digest="b1")  # another owner's line is its own
     queue.enqueue(other)
-    assert due(other.id) == clock.now
+    assert claimed_id() == other.id
+    assert claimed_id() is None  # a's head backs off; the jobs behind it wait with it
+    clock.now += 13
+    assert claimed_id() == first.id
+    assert queue.complete(first.id, "w")
+    assert [r.user_texts for r in (queue.claim("w"),) if r] == [["2"]]
+
+
+def test_a_claim_or_completion_does_not_rewrite_the_jobs_behind_it(
+    queue: JobQueue, clock: Clock, tmp_path: Path
+) -> None:
+    """With a long backlog a claim stays a few look-ups: the queued jobs are not touched."""
+    for n in range(50):
+        queue.enqueue(job("a", str(n), digest=str(n)))
+
+    def behind() -> list[tuple[object, ...]]:
+        with sqlite3.connect(database_path(tmp_path)) as conn:
+            return conn.execute("SELECT * FROM jobs WHERE id > 2 ORDER BY id").fetchall()
+
+    before = behind()
+    head = queue.claim("w")
+    assert head is not None and head.id is not None
+    clock.now += 20
+    assert queue.renew(head.id, "w") and queue.complete(head.id, "w")
+    second = queue.claim("w")
+    assert second is not None and second.id == head.id + 1
+    assert behind() == before
+
+
+def test_a_retried_job_older_than_the_head_goes_first(queue: JobQueue) -> None:
+    old = job("a", "old", digest="old")
+    queue.enqueue(old)
+    claimed = queue.claim("w")
+    assert claimed is not None and old.id is not None
+    assert queue.fail(old.id, "w", 3, "gave up") == "dead"
+    newer = job("a", "newer", digest="newer")
+    queue.enqueue(newer)
+    assert queue.retry([old.id]) == 1
+    again = queue.claim("w")
+    assert again is not None and again.id == old.id  # the owner's order is kept
+    assert queue.claim("w") is None
+    assert queue.complete(old.id, "w")
+    after = queue.claim("w")
+    assert after is not None and after.id == newer.id
+
+
+def test_housekeeping_marks_a_line_left_without_a_head(
+    queue: JobQueue, tmp_path: Path
+) -> None:
+    """Jobs written by a replica of an older version (no head marks) are not stranded."""
+    queue.enqueue(job("a", "1", digest="1"))
+    queue.enqueue(job("a", "2", digest="2"))
+    with sqlite3.connect(database_path(tmp_path)) as conn:
+        conn.execute("UPDATE jobs SET head = 0")
+    assert queue.claim("w") is None
+    queue.maintain()
+    claimed = queue.claim("w")
+    assert claimed is not None and claimed.user_texts == ["1"]
 
 
 def test_park_wake_release_and_stale_leases(queue: JobQueue) -> None:

@@ -22,7 +22,9 @@ from proxy.state.engine import database_target, describe_target, open_database
 from proxy.state.migrations import MIGRATIONS
 from proxy.state.owners import SharedOwners
 from proxy.state.postgres import translate
+from proxy.state.sqlite import connect as sqlite_connect
 from proxy.state.sqlite import database_path
+from proxy.state.sqlite import migrate as sqlite_migrate
 
 ENGINES = ("sqlite", "postgres")
 
@@ -130,6 +132,63 @@ def test_queue_order_dedupe_and_trim_on_both_engines(target: Any) -> None:
         assert queue.list(states=["done"])[0].id == first
     finally:
         queue.close()
+
+
+def test_the_line_heads_migration_marks_an_existing_backlog(tmp_path: Path) -> None:
+    """A data dir from before 0007, with jobs queued and running: their order survives."""
+    path = database_path(tmp_path)
+    with sqlite_connect(path) as conn:
+        before = tuple(m for m in MIGRATIONS if m[0] < "0007")
+        sqlite_migrate(conn, before)
+        for n, (user, state) in enumerate(
+            [("ann", "done"), ("ann", "running"), ("ann", "queued"), ("bob", "queued"),
+             ("bob", "queued"), ("cy", "dead")], start=1,
+        ):
+            conn.execute(
+                "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
+                " model, created_at, state, run_after, updated_at, lease_until)"
+                " VALUES (?, ?, ?, '[]', '', 'm', 0, ?, 0, 0, 0)",
+                (user, f"h{n}", f'{{"user_id": "{user}"}}', state),
+            )
+        conn.commit()
+    queue = JobQueue(path, JobSettings(coalesce_seconds=0))
+    try:
+        heads = queue._db.read("SELECT id FROM jobs WHERE head = 1 ORDER BY id")
+        assert [row[0] for row in heads] == [2, 4]
+        claimed = [queue.claim("w"), queue.claim("w")]
+        assert sorted(job.id for job in claimed if job) == [2, 4]  # ann's lease had expired
+        assert queue.claim("w") is None
+    finally:
+        queue.close()
+
+
+def test_a_job_enqueued_while_its_owners_last_one_completes_is_not_stranded(
+    database_url: str,
+) -> None:
+    """Two replicas: one completes an owner's only job while another enqueues the next."""
+    queues = [JobQueue(database_url, JobSettings(coalesce_seconds=0)) for _ in range(2)]
+
+    def complete_together(start: threading.Barrier, job_id: int) -> None:
+        start.wait()
+        queues[0].complete(job_id, "w")
+
+    try:
+        for round_ in range(25):
+            queues[0].enqueue(job("ann", f"fact {round_}", f"a{round_}"))
+            running = queues[0].claim("w")
+            assert running is not None and running.id is not None
+            start = threading.Barrier(2)
+            finish = threading.Thread(target=complete_together, args=(start, running.id))
+            finish.start()
+            start.wait()
+            queues[1].enqueue(job("ann", f"next {round_}", f"b{round_}"))
+            finish.join()
+            after = queues[1].claim("w2")
+            assert after is not None and after.user_texts == [f"next {round_}"]
+            assert queues[1].complete(after.id, "w2")  # type: ignore[arg-type]
+    finally:
+        for queue in queues:
+            queue.close()
 
 
 def test_concurrent_claims_on_postgres_never_hand_one_job_out_twice(database_url: str) -> None:

@@ -18,13 +18,26 @@ from proxy.gateway.identity import Identity
 from proxy.state.engine import Connection, Target, open_database
 
 
-def hold_followers(conn: Connection, job_id: int, until: float) -> None:
-    """The owner's queued jobs behind ``job_id`` become due at ``until`` (or at once)."""
+def settle_line(conn: Connection, owner: str, lock: str = "") -> None:
+    """Mark the head of ``owner``'s line: its oldest unfinished job, the only one a claim may
+    take. Call it after a job left the unfinished states or joined them (done, dead, enqueued,
+    retried). A few index look-ups whatever the backlog; the jobs behind the head are not
+    touched. ``lock`` (Postgres): the dialect's transaction lock, taken on the owner so that
+    two replicas settling one line at once see each other's work."""
+    if lock:
+        conn.execute(lock, (f"line:{owner}",))
+    firsts = [
+        conn.execute("SELECT min(id) FROM jobs WHERE owner = ? AND state = ?",
+                     (owner, state)).fetchone()[0]
+        for state in UNFINISHED
+    ]
+    head = min((job_id for job_id in firsts if job_id is not None), default=None)
     conn.execute(
-        "UPDATE jobs SET run_after = ? WHERE owner = (SELECT owner FROM jobs WHERE id = ?)"
-        " AND state = 'queued' AND id > ?",
-        (until, job_id, job_id),
+        "UPDATE jobs SET head = 0 WHERE owner = ? AND head = 1 AND id != ?",
+        (owner, head if head is not None else -1),
     )
+    if head is not None:
+        conn.execute("UPDATE jobs SET head = 1 WHERE id = ? AND head = 0", (head,))
 
 
 def fact_count(result: str | None) -> int | None:
@@ -60,7 +73,8 @@ class JobAdmin:
         self._db.read("SELECT count(*) FROM _migrations")
 
     def maintain(self) -> None:
-        """Purge old done and dead jobs; dead-letter jobs that waited too long for a key."""
+        """Purge old done and dead jobs; dead-letter jobs that waited too long for a key;
+        mark the heads of lines that lack one."""
         now = self._clock()
         s = self._settings
 
@@ -73,17 +87,27 @@ class JobAdmin:
                 "DELETE FROM jobs WHERE state = 'dead' AND coalesce(finished_at, updated_at) < ?",
                 (now - s.keep_dead_seconds,),
             )
-            expired = [row[0] for row in conn.execute(
-                "SELECT id FROM jobs WHERE state = 'waiting_key' AND updated_at < ?",
+            expired = conn.execute(
+                "SELECT id, owner FROM jobs WHERE state = 'waiting_key' AND updated_at < ?",
                 (now - s.key_wait_seconds,),
-            )]
-            for job_id in expired:
+            ).fetchall()
+            for job_id, owner in expired:
                 conn.execute(
                     "UPDATE jobs SET state = 'dead', finished_at = ?, updated_at = ?,"
                     " last_error = 'no API key: the user made no request within"
                     " key_wait_seconds' WHERE id = ?", (now, now, job_id),
                 )
-                hold_followers(conn, job_id, now)
+                settle_line(conn, owner, self.dialect.transaction_lock)
+            # Lines whose head is not marked (jobs written by a replica of an older version
+            # during a rolling upgrade): marked now, or their jobs would never be claimed.
+            unmarked = conn.execute(
+                "SELECT DISTINCT owner FROM jobs AS j WHERE j.head = 0"
+                " AND j.state IN ('queued', 'running', 'waiting_key') AND NOT EXISTS ("
+                "  SELECT 1 FROM jobs AS e WHERE e.owner = j.owner"
+                "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
+            ).fetchall()
+            for (owner,) in unmarked:
+                settle_line(conn, owner, self.dialect.transaction_lock)
 
         self._db.write(work)
 
@@ -158,10 +182,20 @@ class JobAdmin:
         where = "state = 'dead'" if all_dead else (
             f"id IN ({', '.join('?' for _ in ids)}) AND state IN ('dead', 'queued', 'waiting_key')"
         )
-        return int(self._db.write(lambda conn: conn.execute(
-            "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?, updated_at = ?,"
-            f" finished_at = NULL WHERE {where}", (now, now, *([] if all_dead else ids)),
-        ).rowcount))
+        named = [] if all_dead else list(ids)
+
+        def work(conn: Connection) -> int:
+            owners = {row[0] for row in conn.execute(
+                f"SELECT DISTINCT owner FROM jobs WHERE {where}", named)}
+            count = conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?, updated_at = ?,"
+                f" finished_at = NULL WHERE {where}", (now, now, *named),
+            ).rowcount
+            for owner in owners:  # a retried job may be older than its owner's head
+                settle_line(conn, owner, self.dialect.transaction_lock)
+            return int(count)
+
+        return self._db.write(work)
 
     def purge(self, states: Sequence[str] = ("done",), older_than_seconds: float = 0.0) -> int:
         """Delete finished jobs (``done`` and/or ``dead``) older than the given age."""

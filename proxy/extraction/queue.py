@@ -9,10 +9,11 @@
       └──── wake: the user's next request brought a key ◀─────────────────────┘
 
 A running job whose lease expires (its process died) is claimable again. Only the oldest
-unfinished job of an owner (tenant + user) can be claimed, so one user's jobs apply in order
-while different users' run concurrently. The jobs behind an owner's head carry the head's
-``run_after`` (its lease, its backoff), so a claim only looks at jobs that can run: with a
-large backlog during an outage a claim stays an index look-up, not a scan.
+unfinished job of an owner (tenant + user), the head of its line, can be claimed, so one
+user's jobs apply in order while different users' run concurrently. Heads are marked
+(``settle_line``, when a job finishes or joins a line), so a claim reads due heads from a
+small index and the jobs behind them are never rewritten: with a large backlog (a busy user,
+an outage) a claim, a renewal and a completion stay a few index look-ups, not a scan.
 
 A job carries a hash of its exchange: the same exchange again within
 ``dedupe_window_seconds`` (a retried request, a regenerated answer) is not enqueued twice.
@@ -37,7 +38,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxy.extraction.job_admin import JobAdmin, hold_followers
+from proxy.extraction.job_admin import JobAdmin, settle_line
 from proxy.extraction.jobs import ExtractionJob, ExtractionResult, identity_from_json
 from proxy.extraction.secrets import redact_secrets
 from proxy.state.engine import Connection, Row
@@ -67,16 +68,6 @@ class JobQueue(JobAdmin):
                 (job.exchange_hash, since),
             ).fetchone():
                 return None
-            # Behind the owner's unfinished jobs: each term is one index look-up, whatever
-            # the length of the owner's backlog.
-            row = conn.execute(
-                "SELECT (SELECT max(lease_until) FROM jobs"
-                "  WHERE owner = :owner AND state = 'running'),"
-                " (SELECT :hold FROM jobs WHERE owner = :owner AND state = 'waiting_key' LIMIT 1),"
-                " (SELECT max(run_after) FROM jobs WHERE owner = :owner AND state = 'queued')",
-                {"owner": job.owner, "hold": now + self._settings.key_wait_seconds},
-            ).fetchone()
-            ahead = max((value for value in tuple(row) if value is not None), default=None)
             cursor = conn.execute(
                 "INSERT INTO jobs (owner, exchange_hash, identity, user_texts, assistant_text,"
                 " model, has_caller_key, created_at, run_after, updated_at, origin)"
@@ -87,10 +78,12 @@ class JobQueue(JobAdmin):
                     json.dumps([redact_secrets(t) for t in job.user_texts], ensure_ascii=False),
                     redact_secrets(job.assistant_text),
                     job.model, int(job.has_caller_key), job.created_at,
-                    max(now + self._settings.coalesce_wait_seconds, ahead or now), now, origin,
+                    now + self._settings.coalesce_wait_seconds, now, origin,
                 ),
             )
-            return int(cursor.fetchone()[0])
+            job_id = int(cursor.fetchone()[0])
+            settle_line(conn, job.owner, self.dialect.transaction_lock)
+            return job_id
 
         job_id = self._db.write(work)
         if job_id is not None:
@@ -116,7 +109,8 @@ class JobQueue(JobAdmin):
             while True:
                 rows = [
                     conn.execute(
-                        f"SELECT * FROM jobs AS j WHERE j.state = '{state}' AND {due}"
+                        f"SELECT * FROM jobs AS j WHERE j.head = 1 AND j.state = '{state}'"
+                        f" AND {due}"
                         " AND NOT EXISTS (SELECT 1 FROM jobs AS e WHERE e.owner = j.owner"
                         "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
                         f" ORDER BY {order} LIMIT 1{lock}",
@@ -139,13 +133,13 @@ class JobQueue(JobAdmin):
                         (f"worker lost {row['attempts']} times (lease expired)", now, now,
                          row["id"]),
                     )
+                    settle_line(conn, row["owner"], self.dialect.transaction_lock)
                     continue
                 conn.execute(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
                     " lease_owner = ?, lease_until = ?, updated_at = ? WHERE id = ?",
                     (worker, lease_until, now, row["id"]),
                 )
-                hold_followers(conn, row["id"], lease_until)
                 return self._job(row, attempts=row["attempts"] + 1)
 
         return self._db.write(work)
@@ -230,19 +224,22 @@ class JobQueue(JobAdmin):
 
     def _update_leased(
         self, job_id: int, worker: str, sql: str, params: Sequence[Any],
-        hold_followers_until: float | None = None,
+        finishes: bool = False,
     ) -> bool:
-        """Run ``UPDATE jobs SET <sql>`` on a job still leased to ``worker``."""
+        """Run ``UPDATE jobs SET <sql>`` on a job still leased to ``worker``; ``finishes``:
+        the job leaves its line (the next one becomes the head)."""
 
         def work(conn: Connection) -> bool:
             cursor = conn.execute(
-                f"UPDATE jobs SET {sql} WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                f"UPDATE jobs SET {sql} WHERE id = ? AND state = 'running' AND lease_owner = ?"
+                " RETURNING owner",
                 (*params, job_id, worker),
             )
-            if cursor.rowcount != 1:
+            row = cursor.fetchone()
+            if row is None:
                 return False
-            if hold_followers_until is not None:
-                hold_followers(conn, job_id, hold_followers_until)
+            if finishes:
+                settle_line(conn, row[0], self.dialect.transaction_lock)
             return True
 
         return self._db.write(work)
@@ -250,9 +247,7 @@ class JobQueue(JobAdmin):
     def renew(self, job_id: int, worker: str) -> bool:
         now = self._clock()
         until = now + self._settings.lease_seconds
-        return self._update_leased(
-            job_id, worker, "lease_until = ?, updated_at = ?", (until, now), until
-        )
+        return self._update_leased(job_id, worker, "lease_until = ?, updated_at = ?", (until, now))
 
     def save_result(self, job_id: int, worker: str, result: ExtractionResult) -> bool:
         return self._update_leased(
@@ -264,7 +259,8 @@ class JobQueue(JobAdmin):
 
         def work(conn: Connection) -> bool:
             row = conn.execute(
-                "SELECT result FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                "SELECT result, owner FROM jobs WHERE id = ? AND state = 'running'"
+                " AND lease_owner = ?",
                 (job_id, worker),
             ).fetchone()
             if row is None:
@@ -281,7 +277,7 @@ class JobQueue(JobAdmin):
                 " finished_at = ?, updated_at = ?, user_texts = '[]', assistant_text = '',"
                 " result = ? WHERE id = ?", (now, now, kept, job_id),
             )
-            hold_followers(conn, job_id, now)
+            settle_line(conn, row[1], self.dialect.transaction_lock)
             return True
 
         return self._db.write(work)
@@ -300,7 +296,7 @@ class JobQueue(JobAdmin):
                 job_id, worker,
                 "state = 'dead', lease_owner = NULL, lease_until = NULL, last_error = ?,"
                 " finished_at = ?, updated_at = ?",
-                (error, now, now), now,
+                (error, now, now), finishes=True,
             )
             return "dead"
         retry_at = now + self.backoff(attempts)
@@ -308,7 +304,7 @@ class JobQueue(JobAdmin):
             job_id, worker,
             "state = 'queued', lease_owner = NULL, lease_until = NULL, last_error = ?,"
             " run_after = ?, updated_at = ?",
-            (error, retry_at, now), retry_at,
+            (error, retry_at, now),
         )
         return "queued"
 
@@ -323,7 +319,7 @@ class JobQueue(JobAdmin):
             "state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
             " lease_owner = NULL, lease_until = NULL, run_after = ?, updated_at = ?,"
             " last_error = coalesce(?, last_error)",
-            (due, now, error), due,
+            (due, now, error),
         )
 
     def park(self, job_id: int, worker: str) -> bool:
@@ -334,24 +330,17 @@ class JobQueue(JobAdmin):
             "state = 'waiting_key', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
             " lease_owner = NULL,"
             " lease_until = NULL, updated_at = ?",
-            (now,), now + self._settings.key_wait_seconds,
+            (now,),
         )
 
     def wake(self, owner: str, origin: str | None = None) -> int:
         """The owner's parked jobs queued again; ``origin``: the process now holding the key."""
         now = self._clock()
-        def work(conn: Connection) -> int:
-            woken = conn.execute(
-                "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?,"
-                " origin = coalesce(?, origin) WHERE owner = ? AND state = 'waiting_key'",
-                (now, now, origin, owner),
-            ).rowcount
-            if woken:  # their followers were held for the key too
-                conn.execute("UPDATE jobs SET run_after = ? WHERE owner = ? AND state = 'queued'",
-                             (now, owner))
-            return int(woken)
-
-        return self._db.write(work)
+        return int(self._db.write(lambda conn: conn.execute(
+            "UPDATE jobs SET state = 'queued', run_after = ?, updated_at = ?,"
+            " origin = coalesce(?, origin) WHERE owner = ? AND state = 'waiting_key'",
+            (now, now, origin, owner),
+        ).rowcount))
 
     def waiting_owners(self) -> set[str]:
         rows = self._db.read("SELECT DISTINCT owner FROM jobs WHERE state = 'waiting_key'")
@@ -372,7 +361,6 @@ class JobQueue(JobAdmin):
                     "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                     " run_after = ?, updated_at = ? WHERE id = ?", (now, now, job_id),
                 )
-                hold_followers(conn, job_id, now)
             return len(stale)
 
         return self._db.write(work)
