@@ -143,6 +143,10 @@ class EmbeddingSettings(_Section):
     max_batch: int = Field(default=32, ge=1)
     batch_window_ms: float = Field(default=0.0, ge=0, le=50)
     inference_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads; 0: one per core
+    # int8: the ONNX export's weights quantized (per channel) at export time, ~2x faster on
+    # CPUs; its vectors stay within cosine 0.98 of the full model's (checked at export).
+    # none: the full-precision export.
+    quantize: Literal["none", "int8"] = "none"
 
 
 class StoreSettings(_Section):

@@ -89,6 +89,40 @@ def test_concurrent_queries_share_batches_and_each_gets_its_own_vector(
         embedder.close()
 
 
+@pytest.mark.e2e
+def test_the_int8_export_keeps_the_full_models_vectors_and_runs_without_torch(
+    models_dir: Path,
+) -> None:
+    code = (
+        "import sys, json; from pathlib import Path;"
+        "from proxy.config import EmbeddingSettings;"
+        "from proxy.memory.embedding import open_embedder;"
+        f"e = open_embedder(EmbeddingSettings(quantize='int8'), Path({str(models_dir)!r}));"
+        f"v = e.embed({TEXTS!r});"
+        "print(json.dumps({'name': e.name, 'torch': 'torch' in sys.modules,"
+        " 'vectors': v.tolist()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["name"].endswith("-int8") and not got["torch"]
+    quantized = onnx_export_dir(EmbeddingSettings(quantize="int8"), models_dir)
+    full = onnx_export_dir(EmbeddingSettings(), models_dir)
+    assert quantized.name == full.name + "-int8"
+    # A quarter of the weights' bytes: the model really is the quantized one.
+    assert (quantized / "onnx" / "model.onnx").stat().st_size < \
+        (full / "onnx" / "model.onnx").stat().st_size / 3
+    vectors = np.asarray(got["vectors"], dtype=np.float32)
+    reference = open_embedder(EmbeddingSettings(query_cache_size=0), models_dir)
+    try:
+        cosines = np.sum(vectors * reference.embed(TEXTS), axis=1)
+    finally:
+        reference.close()  # type: ignore[union-attr]
+    assert cosines.min() >= 0.95 and not np.allclose(cosines, 1.0, atol=1e-6)
+    assert np.median(cosines) >= 0.99  # sentences keep their direction
+
+
 def test_a_bulk_job_does_not_hold_a_query_behind_it() -> None:
     order: list[str] = []
     started = threading.Event()

@@ -32,6 +32,7 @@ from proxy.memory.model_export import (
     encode_with_sentence_transformers,
     export_in_subprocess,
     model_source,
+    quantized_suffix,
     quiet_libraries,
 )
 from proxy.memory.onnx_encoder import EncoderManifest, OnnxEncoder
@@ -62,7 +63,7 @@ def _slug(name: str) -> str:
 def onnx_export_dir(settings: EmbeddingSettings, data_dir: Path) -> Path:
     """Where the configured model's ONNX export is kept."""
     base = Path(settings.models_dir) if settings.models_dir else data_dir / "models"
-    return base / f"{_slug(settings.model or 'minilm')}-onnx"
+    return base / f"{_slug(settings.model or 'minilm')}-onnx{quantized_suffix(settings)}"
 
 
 class _CachedEmbeddings:
@@ -137,7 +138,7 @@ class SentenceTransformerEmbedder:
 
         source = model_source(settings)
         self.name = settings.model or DEFAULT_MODEL_LABEL
-        exported = onnx_export_dir(settings, data_dir)
+        exported = onnx_export_dir(settings.model_copy(update={"quantize": "none"}), data_dir)
         use_onnx = settings.backend == "onnx" if onnx is None else onnx
         with quiet_libraries():
             if use_onnx and (exported / "onnx" / "model.onnx").is_file():
@@ -180,8 +181,11 @@ def open_embedder(
         try:
             manifest = export_in_subprocess(settings, export_dir)
         except ExportFailed as exc:
+            if settings.quantize != "none":
+                log.warning("%s; running the full-precision model", exc)
+                return open_embedder(settings.model_copy(update={"quantize": "none"}), data_dir)
             log.warning("ONNX export failed (%s); running the model on torch (slower)", exc)
             return SentenceTransformerEmbedder(settings, data_dir, onnx=False)
     if not manifest.direct:
         return SentenceTransformerEmbedder(settings, data_dir)
-    return OnnxEmbedder(settings, export_dir, manifest, name)
+    return OnnxEmbedder(settings, export_dir, manifest, name + quantized_suffix(settings))
