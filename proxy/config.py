@@ -187,6 +187,10 @@ class RetrievalSettings(_Section):
     mmr_pool: int = Field(default=3, ge=1)
     # A strong hit lifts the turns said just before and after it in its session.
     neighbour_weight: float = Field(default=0.2, ge=0)
+    # A question naming a day ("on 5 Jan 2024") lifts the memories of that day and the days
+    # around it (to nothing beyond date_window_days).
+    date_weight: float = Field(default=0.2, ge=0)
+    date_window_days: int = Field(default=2, ge=0, le=366)
     large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
     # Recent chat injections kept in memory (ids and scores; GET /v1/memories/injections),
     # per replica; 0: none. The query text is kept only with recent_injections_text.

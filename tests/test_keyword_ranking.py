@@ -8,10 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from proxy.memory.keyword import Analyzer, KeywordIndex, dated_text
+from proxy.memory.keyword import Analyzer, KeywordIndex, dated_text, days_asked_about
 from proxy.memory.ranking import (
     RankingParams,
+    date_proximity,
     eligible_mask,
+    lift_dated,
     minmax,
     mmr_select,
     order_by_score,
@@ -295,3 +297,53 @@ def test_a_month_is_one_term_however_written_and_numeric_dates_are_spelled() -> 
     assert analyzer.terms("Sept, September") == ["sep", "sep"]
     assert analyzer.terms("on 05.01.2024 or 2024-01-05") == analyzer.terms("5 Jan 2024") * 2
     assert analyzer.terms("13.13.2024") == ["13", "13", "2024"]  # not a date: left alone
+
+
+def day_of(year: int, month: int, day: int) -> int:
+    return calendar.timegm((year, month, day, 0, 0, 0)) // 86_400
+
+
+def test_the_days_a_question_names_however_written() -> None:
+    jan5 = day_of(2024, 1, 5)
+    for text in ("on 5 Jan 2024", "on the 5th of January, 2024", "January 5, 2024",
+                 "05.01.2024", "2024-01-05", "5 jan. 2024"):
+        assert days_asked_about(f"What did I do {text}?") == [jan5], text
+    assert days_asked_about("from 2024-01-05 to 7 Jan 2024, and 5 January 2024 again") == [
+        jan5, day_of(2024, 1, 7)]
+    # No year, no such day, no date at all: no day named.
+    assert days_asked_about("on 5 Jan") == []
+    assert days_asked_about("on 31 Feb 2024 or 13.13.2024") == []
+    assert days_asked_about("I ran 5 km in 2024") == []
+
+
+def test_date_proximity_falls_linearly_to_nothing_beyond_the_window() -> None:
+    day = day_of(2024, 1, 5)
+    created = (np.array([0, 1, -1, 2, 3, 30]) + day) * 86_400.0 + 20 * 3600  # evenings
+    near = date_proximity(created, [day], window=2)
+    assert near.tolist() == pytest.approx([1, 2 / 3, 2 / 3, 1 / 3, 0, 0])
+    both = date_proximity(created, [day, day + 30], window=2)
+    assert both[5] == 1.0 and both[0] == 1.0  # the nearest named day counts
+    assert date_proximity(created, [day], window=0).tolist() == [1, 0, 0, 0, 0, 0]
+
+
+def test_a_named_day_lifts_its_memories_over_equal_ones_and_nothing_else_changes() -> None:
+    day = day_of(2024, 1, 5)
+    created = np.array([day - 20, day + 1, day + 10], dtype=np.float64) * 86_400.0
+    scores = np.array([0.5, 0.5, 0.5], dtype=np.float32)
+    lifted = lift_dated(scores, created, [day], 0.2, 2)
+    assert lifted.argmax() == 1 and lifted.max() <= 1.0
+    assert lifted[0] == lifted[2] == pytest.approx(0.5 / 1.2)
+    blocked = lift_dated(scores, created, [day], 0.2, 2,
+                         eligible=np.array([True, False, True]))
+    assert blocked[1] == pytest.approx(0.5 / 1.2)
+    assert lift_dated(scores, created, [], 0.2, 2) is scores
+    assert lift_dated(scores, created, [day], 0.0, 2) is scores
+    # Through rank_memories: without the day the newest of the tie wins, with it the day's.
+    dense, keyword = np.full(3, 0.4), np.full(3, 1.0)
+    plain = rank_memories(dense, keyword, 3, NO_MMR, created_at=created)
+    dated = rank_memories(dense, keyword, 3, NO_MMR, created_at=created, days=[day])
+    assert plain.indices.tolist() == [2, 1, 0]
+    assert dated.indices.tolist() == [1, 2, 0]
+    off = RankingParams(mmr_lambda=1.0, date_weight=0.0)
+    assert rank_memories(dense, keyword, 3, off, created_at=created,
+                         days=[day]).indices.tolist() == [2, 1, 0]

@@ -11,6 +11,7 @@ aligned with the rows of the user's vector matrix and the two can be fused direc
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 import threading
@@ -67,6 +68,37 @@ def spell_dates(text: str) -> str:
     """Numeric dates as dated text writes them: "10.01.2024" → "10 Jan 2024"."""
     text = _DOTTED_DATE.sub(lambda m: _spelled_date(m[1], m[2], m[3], m.group(0)), text)
     return _ISO_DATE.sub(lambda m: _spelled_date(m[3], m[2], m[1], m.group(0)), text)
+
+
+_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+          r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+# "5 Jan 2024", "5th of January, 2024", "January 5, 2024", "05.01.2024", "2024-01-05".
+_ASKED_DATES = (
+    (re.compile(rf"\b{_DAY}(?:\s+of)?\s+{_MONTH}\.?,?\s+(\d{{4}})\b", re.IGNORECASE), (3, 2, 1)),
+    (re.compile(rf"\b{_MONTH}\.?\s+{_DAY},?\s+(\d{{4}})\b", re.IGNORECASE), (3, 1, 2)),
+    (_DOTTED_DATE, (3, 2, 1)),
+    (_ISO_DATE, (1, 2, 3)),
+)
+
+
+def days_asked_about(text: str) -> list[int]:
+    """The calendar days a text names with day, month and year, as days since 1970-01-01
+    (UTC), in the order written; "5 Jan" without a year names no day."""
+    days: list[tuple[int, int]] = []
+    for pattern, (year, month, day) in _ASKED_DATES:
+        for found in pattern.finditer(text):
+            written = found[month]
+            number = int(written) if written.isdigit() else (
+                [m.casefold() for m in _MONTHS].index(written[:3].casefold()) + 1)
+            try:
+                at = calendar.timegm((int(found[year]), number, int(found[day]), 0, 0, 0))
+                if time.gmtime(at)[:3] != (int(found[year]), number, int(found[day])):
+                    continue  # 31 Feb: no such day
+            except (OverflowError, ValueError):
+                continue
+            days.append((found.start(), at // 86_400))
+    return list(dict.fromkeys(day for _, day in sorted(days)))
 
 
 def dated_text(text: str, created_at: float | None) -> str:

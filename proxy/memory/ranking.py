@@ -5,11 +5,12 @@ i), so the retriever can call them on its cached index and tests on hand-made nu
 
     eligible = eligible_mask(superseded_by)              # superseded memories out
     fused = fuse(dense, keyword, params, eligible)       # min-max weighted sum (or RRF)
+    fused = lift_dated(fused, created_at, days, ...)     # the days a question names
     fused = lift_neighbours(fused, neighbours, w, ...)   # a strong hit lifts its session
     order = order_by_score(fused, created_at, eligible)  # newer first among near-ties
     top = mmr_select(order[:pool], fused, vectors, k)    # near-duplicates pushed down
 
-``rank_memories`` does all five. Min-max fusion beat reciprocal rank fusion by 4–9 points of
+``rank_memories`` does all six. Min-max fusion beat reciprocal rank fusion by 4–9 points of
 recall@10 on a public long-conversation benchmark (docs/design.md); RRF stays as an option.
 """
 
@@ -38,6 +39,10 @@ class RankingParams:
     # A memory said right before or after a strong hit in the same session gains this share
     # of the hit's score (the answer often spans two turns); 0 turns it off.
     neighbour_weight: float = 0.2
+    # A question that names a day ("on 5 Jan 2024") lifts the memories of that day by this
+    # share, and those of the days around it less, to nothing beyond date_window_days; 0: off.
+    date_weight: float = 0.2
+    date_window_days: int = 2
     include_superseded: bool = False
 
 
@@ -167,6 +172,41 @@ def order_by_score(
     return positions[np.lexsort((newest, -bucket))][:limit]
 
 
+def date_proximity(created_at: np.ndarray, days: Sequence[int], window: int) -> np.ndarray:
+    """1 for a memory dated on one of ``days`` (days since 1970-01-01, UTC), falling linearly
+    to 0 at ``window + 1`` days away; the nearest named day counts."""
+    created_day = np.floor(np.asarray(created_at, dtype=np.float64) / 86_400.0)
+    near = np.zeros(created_day.shape, dtype=np.float32)
+    for day in days:
+        distance = np.abs(created_day - day)
+        near = np.maximum(near, np.clip(1.0 - distance / (window + 1), 0.0, 1.0))
+    return near
+
+
+def lift_dated(
+    scores: np.ndarray,
+    created_at: np.ndarray,
+    days: Sequence[int],
+    weight: float,
+    window: int,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """``scores`` plus ``weight`` times each memory's ``date_proximity``, rescaled onto 0–1;
+    unchanged when no day is named.
+
+    The keyword side matches only the very day's terms ("5", "jan", "2024" also match every
+    other "5" and every day of January); what is said about a day is often said the day
+    after ("yesterday …") or before ("tomorrow …").
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if weight <= 0 or not days or scores.size == 0:
+        return scores
+    lift = weight * date_proximity(created_at, days, window)
+    if eligible is not None:
+        lift[~eligible] = 0.0
+    return (scores + lift) / (1.0 + weight)
+
+
 Neighbours = Callable[[int], Sequence[int]]
 # The best this many memories lift their neighbours: a constant, not a multiple of k, so the
 # chat's top_k and a search's limit rank the same way.
@@ -250,13 +290,15 @@ def rank_memories(
     superseded_by: Sequence[str | None] | None = None,
     eligible: np.ndarray | None = None,
     neighbours: Neighbours | None = None,
+    days: Sequence[int] = (),
 ) -> Ranked:
-    """The best ``k`` memories: fused, neighbours of strong hits lifted, superseded ones out,
-    recency on ties, then MMR.
+    """The best ``k`` memories: fused, memories of the ``days`` the question names and
+    neighbours of strong hits lifted, superseded ones out, recency on ties, then MMR.
 
     ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
     score; ``vectors`` (unit rows) enable the MMR pass; ``neighbours(i)`` (the memories said
-    next to memory i) enables the lift. ``eligible`` (a boolean mask, e.g. the caller's
+    next to memory i) enables the lift; ``days`` (``keyword.days_asked_about`` of the
+    question) with ``created_at`` the date lift. ``eligible`` (a boolean mask, e.g. the caller's
     filters) narrows the pool further; normalisation runs over the pool only.
     """
     params = params or RankingParams()
@@ -264,6 +306,9 @@ def rank_memories(
         mask = eligible_mask(superseded_by, params.include_superseded)
         eligible = mask if eligible is None else mask & eligible
     fused = fuse(dense, keyword, params, eligible)
+    if days and created_at is not None:
+        fused = lift_dated(fused, created_at, days, params.date_weight,
+                           params.date_window_days, eligible)
     if neighbours is not None and params.neighbour_weight > 0:
         fused = lift_neighbours(
             fused, neighbours, params.neighbour_weight, STRONG_HITS, eligible

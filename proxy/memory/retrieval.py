@@ -18,6 +18,7 @@ import numpy as np
 from proxy.config import RetrievalSettings
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.embedding import Embedder
+from proxy.memory.keyword import days_asked_about
 from proxy.memory.listing import Condition
 from proxy.memory.model import Candidates, Memory
 from proxy.memory.ranking import Neighbours, Ranked, RankingParams, rank_memories
@@ -135,6 +136,7 @@ class _Ranking:
     gating: bool
     ranked: Ranked
     top_k: int
+    days: list[int]  # the days the query names
 
     def chosen(self) -> list[ScoredMemory]:
         """The ranked top_k (before the budget), best first."""
@@ -251,12 +253,13 @@ class Retriever:
         gating = available > settings.core_when_at_most
         if gating:
             eligible = pool & ((found.dense >= settings.min_score) | (found.keyword > 0))
-        ranked = self._ranked(found, eligible, top_k, include_superseded, mmr=True)
-        return _Ranking(found, pool, eligible, gating, ranked, top_k)
+        days = days_asked_about(query)
+        ranked = self._ranked(found, eligible, top_k, include_superseded, days, mmr=True)
+        return _Ranking(found, pool, eligible, gating, ranked, top_k, days)
 
     def _ranked(
         self, found: Candidates, eligible: np.ndarray, k: int, include_superseded: bool,
-        *, mmr: bool,
+        days: Sequence[int], *, mmr: bool,
     ) -> Ranked:
         if not eligible.any():
             return Ranked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
@@ -268,6 +271,7 @@ class Retriever:
             # Rows in store order only for a cached owner (a large owner's are the nearest).
             neighbours=session_neighbours(found.memories, found.created_at)
             if found.complete else None,
+            days=days,
         )
 
     def _budget(
@@ -311,7 +315,7 @@ class Retriever:
     ) -> list[CandidateTrace]:
         found, settings = ranking.found, self._settings
         whole = self._ranked(found, ranking.eligible, int(ranking.eligible.sum()), False,
-                             mmr=False)
+                             ranking.days, mmr=False)
         fused = {int(i): float(s) for i, s in zip(whole.indices, whole.scores, strict=True)}
         position = {int(i): p for p, i in enumerate(whole.indices)}
         chosen = [int(i) for i in ranking.ranked.indices]
