@@ -191,6 +191,8 @@ class RetrievalSettings(_Section):
     # around it (to nothing beyond date_window_days).
     date_weight: float = Field(default=0.2, ge=0)
     date_window_days: int = Field(default=2, ge=0, le=366)
+    # A memory that only asks keeps 1 - this share of its score (after lifting its neighbours).
+    question_penalty: float = Field(default=0.3, ge=0, le=1)
     large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
     # Recent chat injections kept in memory (ids and scores; GET /v1/memories/injections),
     # per replica; 0: none. The query text is kept only with recent_injections_text.

@@ -8,12 +8,20 @@ import threading
 import numpy as np
 import pytest
 
-from proxy.memory.keyword import Analyzer, KeywordIndex, dated_text, days_asked_about
+from proxy.memory.keyword import (
+    Analyzer,
+    KeywordIndex,
+    asks_only,
+    dated_text,
+    days_asked_about,
+)
 from proxy.memory.ranking import (
     RankingParams,
+    damp_questions,
     date_proximity,
     eligible_mask,
     lift_dated,
+    lift_neighbours,
     minmax,
     mmr_select,
     order_by_score,
@@ -347,3 +355,38 @@ def test_a_named_day_lifts_its_memories_over_equal_ones_and_nothing_else_changes
     off = RankingParams(mmr_lambda=1.0, date_weight=0.0)
     assert rank_memories(dense, keyword, 3, off, created_at=created,
                          days=[day]).indices.tolist() == [2, 1, 0]
+
+
+def test_a_memory_asks_only_when_every_sentence_is_a_question() -> None:
+    assert asks_only("Any plans for the weekend?")
+    assert asks_only("lol what? Really??")
+    assert not asks_only("Oh nice! What about you?")
+    assert not asks_only("Any plans? I have none")
+    assert not asks_only("I went hiking.")
+    assert not asks_only("") and not asks_only("   ")
+
+
+def test_a_question_keeps_less_of_its_score_after_lifting_its_reply() -> None:
+    scores = np.array([1.0, 0.5, 0.6], dtype=np.float32)
+    asks = np.array([True, False, False])
+    assert damp_questions(scores, asks, 0.3).tolist() == pytest.approx([0.7, 0.5, 0.6])
+    assert damp_questions(scores, asks, 0.0) is scores
+    # Row 0 asks, row 1 is its reply (its session neighbour), row 2 a statement elsewhere,
+    # row 3 matches nothing.
+    asks = np.array([True, False, False, False])
+    pairs = {0: [1], 1: [0], 2: [], 3: []}
+    dense, keyword = np.array([0.9, 0.6, 0.62, 0.1]), np.array([3.0, 1.5, 1.5, 0.0])
+    plain = rank_memories(dense, keyword, 4, replace_params(question_penalty=0.0),
+                          neighbours=lambda i: pairs[i], asks=asks)
+    damped = rank_memories(dense, keyword, 4, replace_params(question_penalty=0.5),
+                           neighbours=lambda i: pairs[i], asks=asks)
+    assert plain.indices.tolist() == [0, 1, 2, 3]
+    assert damped.indices.tolist() == [1, 2, 0, 3]
+    # The reply kept the lift of the question's full score: damping comes after the lift.
+    lifted = lift_neighbours(weighted_fusion(dense, keyword), lambda i: pairs[i], 0.2, 32)
+    assert damped.scores.tolist() == pytest.approx(
+        [lifted[1], lifted[2], 0.5 * lifted[0], lifted[3]])
+
+
+def replace_params(**changes: float) -> RankingParams:
+    return RankingParams(mmr_lambda=1.0, **changes)  # type: ignore[arg-type]

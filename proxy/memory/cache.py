@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from proxy.config import StoreSettings
-from proxy.memory.keyword import Analyzer, KeywordIndex
+from proxy.memory.keyword import Analyzer, KeywordIndex, asks_only
 from proxy.memory.listing import Condition, matches
 from proxy.memory.model import Memory, Owner
 
@@ -33,6 +33,7 @@ class UserIndex:
     loaded_at: float = field(default_factory=time.monotonic)
     _superseded: int | None = field(default=None, repr=False)
     _created_at: np.ndarray | None = field(default=None, repr=False)
+    _asks: np.ndarray | None = field(default=None, repr=False)  # kept in step on writes
     # Rows beyond len(memories), so appends do not copy the matrix (10k × 384: 15 MB) each time.
     _spare: np.ndarray | None = field(default=None, repr=False)
     # Held while rows change and while a search reads them, so the three stay aligned.
@@ -56,6 +57,13 @@ class UserIndex:
         if self._created_at is None or len(self._created_at) != len(self.memories):
             self._created_at = np.array([m.created_at for m in self.memories], dtype=np.float64)
         return self._created_at
+
+    @property
+    def asks(self) -> np.ndarray:
+        """Row i: memory i only asks (``keyword.asks_only``), for the ranking."""
+        if self._asks is None or len(self._asks) != len(self.memories):
+            self._asks = np.array([asks_only(m.text) for m in self.memories], dtype=bool)
+        return self._asks
 
     def _changed(self) -> None:
         self._superseded = None
@@ -83,6 +91,9 @@ class UserIndex:
             spare[n : n + extra] = vectors
             self._spare = spare
             self.matrix = spare[: n + extra]  # a view: rows up to n are never moved
+            if self._asks is not None and len(self._asks) == n:
+                added = np.array([asks_only(m.text) for m in memories], dtype=bool)
+                self._asks = np.concatenate([self._asks, added])
             self.memories.extend(memories)
 
     def position(self, memory_id: str) -> int | None:
@@ -106,6 +117,8 @@ class UserIndex:
                 self.matrix[row] = vector.astype(np.float32, copy=False)
             if (before.text, before.created_at) != (memory.text, memory.created_at):
                 self.keyword.replace(row, memory.text, memory.created_at)
+            if self._asks is not None and before.text != memory.text:
+                self._asks[row] = asks_only(memory.text)
 
     def remove(self, memory_ids: Iterable[str]) -> None:
         with self.lock:
@@ -115,6 +128,8 @@ class UserIndex:
             self.keyword.remove(i for i, m in enumerate(self.memories) if m.id in gone)
             self.memories = [self.memories[i] for i in keep]
             self.matrix = self.matrix[keep]
+            if self._asks is not None:
+                self._asks = self._asks[keep]
 
     def eligible(
         self, filters: Sequence[Condition], include_superseded: bool

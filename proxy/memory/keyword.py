@@ -101,6 +101,17 @@ def days_asked_about(text: str) -> list[int]:
     return list(dict.fromkeys(day for _, day in sorted(days)))
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def asks_only(text: str) -> bool:
+    """True for a text whose every sentence is a question ("Any plans for the weekend?")."""
+    if not text.rstrip().endswith("?"):
+        return False  # most memories: decided without splitting
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    return bool(sentences) and all(s.endswith("?") for s in sentences)
+
+
 def dated_text(text: str, created_at: float | None) -> str:
     """``"[8 May 2023] text"``: the form a memory is keyword-indexed in (+2 recall@10)."""
     if created_at is None:

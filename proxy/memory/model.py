@@ -170,6 +170,7 @@ class Candidates:
     vectors: np.ndarray  # unit rows (MMR)
     eligible: np.ndarray  # rows the caller may get back (filters, superseded)
     complete: bool = True  # False: the nearest rows of an owner too large to cache
+    asks: np.ndarray | None = None  # True: the memory only asks (keyword.asks_only)
 
 
 class MemoryStore(Protocol):

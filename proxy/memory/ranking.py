@@ -7,10 +7,11 @@ i), so the retriever can call them on its cached index and tests on hand-made nu
     fused = fuse(dense, keyword, params, eligible)       # min-max weighted sum (or RRF)
     fused = lift_dated(fused, created_at, days, ...)     # the days a question names
     fused = lift_neighbours(fused, neighbours, w, ...)   # a strong hit lifts its session
+    fused = damp_questions(fused, asks, penalty)         # a memory that only asks, less
     order = order_by_score(fused, created_at, eligible)  # newer first among near-ties
     top = mmr_select(order[:pool], fused, vectors, k)    # near-duplicates pushed down
 
-``rank_memories`` does all six. Min-max fusion beat reciprocal rank fusion by 4–9 points of
+``rank_memories`` does all seven. Min-max fusion beat reciprocal rank fusion by 4–9 points of
 recall@10 on a public long-conversation benchmark (docs/design.md); RRF stays as an option.
 """
 
@@ -43,6 +44,9 @@ class RankingParams:
     # share, and those of the days around it less, to nothing beyond date_window_days; 0: off.
     date_weight: float = 0.2
     date_window_days: int = 2
+    # A memory that only asks ("Any plans for the weekend?") rarely holds an answer: it keeps
+    # 1 − this share of its score, after it has lifted its neighbours (the reply); 0: off.
+    question_penalty: float = 0.3
     include_superseded: bool = False
 
 
@@ -241,6 +245,14 @@ def lift_neighbours(
     return (scores + lift) / (1.0 + weight)
 
 
+def damp_questions(scores: np.ndarray, asks: np.ndarray, penalty: float) -> np.ndarray:
+    """Scores of the memories that only ask (``asks``) times ``1 − penalty``."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if penalty <= 0:
+        return scores
+    return np.where(asks, scores * (1.0 - penalty), scores).astype(np.float32)
+
+
 def mmr_select(
     candidates: np.ndarray,
     scores: np.ndarray,
@@ -291,6 +303,7 @@ def rank_memories(
     eligible: np.ndarray | None = None,
     neighbours: Neighbours | None = None,
     days: Sequence[int] = (),
+    asks: np.ndarray | None = None,
 ) -> Ranked:
     """The best ``k`` memories: fused, memories of the ``days`` the question names and
     neighbours of strong hits lifted, superseded ones out, recency on ties, then MMR.
@@ -298,7 +311,8 @@ def rank_memories(
     ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
     score; ``vectors`` (unit rows) enable the MMR pass; ``neighbours(i)`` (the memories said
     next to memory i) enables the lift; ``days`` (``keyword.days_asked_about`` of the
-    question) with ``created_at`` the date lift. ``eligible`` (a boolean mask, e.g. the caller's
+    question) with ``created_at`` the date lift; ``asks`` (True: the memory only asks) the
+    question damping. ``eligible`` (a boolean mask, e.g. the caller's
     filters) narrows the pool further; normalisation runs over the pool only.
     """
     params = params or RankingParams()
@@ -313,6 +327,8 @@ def rank_memories(
         fused = lift_neighbours(
             fused, neighbours, params.neighbour_weight, STRONG_HITS, eligible
         )
+    if asks is not None and params.question_penalty > 0:
+        fused = damp_questions(fused, asks, params.question_penalty)
     mmr = vectors is not None and params.mmr_lambda < 1.0
     order = order_by_score(fused, created_at, eligible, params.tie_tolerance,
                            limit=max(k, params.mmr_pool * k) if mmr else k)

@@ -271,7 +271,7 @@ class Retriever:
             # Rows in store order only for a cached owner (a large owner's are the nearest).
             neighbours=session_neighbours(found.memories, found.created_at)
             if found.complete else None,
-            days=days,
+            days=days, asks=found.asks,
         )
 
     def _budget(

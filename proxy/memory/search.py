@@ -15,7 +15,7 @@ import numpy as np
 
 from proxy.memory.cache import UserIndex
 from proxy.memory.chroma import memories_from, owner_where
-from proxy.memory.keyword import Analyzer, KeywordIndex
+from proxy.memory.keyword import Analyzer, KeywordIndex, asks_only
 from proxy.memory.listing import Condition, matches
 from proxy.memory.model import Candidates, Owner, ScoredMemory
 
@@ -50,9 +50,10 @@ def index_candidates(
         keyword = index.keyword.scores(query)
         created_at = index.created_at
         eligible = index.eligible(filters, include_superseded)
+        asks = index.asks
     if eligible is None:
         eligible = np.ones(len(memories), dtype=bool)
-    return Candidates(memories, dense, keyword, created_at, vectors, eligible)
+    return Candidates(memories, dense, keyword, created_at, vectors, eligible, asks=asks)
 
 
 def search_collection(
@@ -100,4 +101,5 @@ def collection_candidates(
         memories, vectors @ vector if rows else np.zeros(0, dtype=np.float32),
         keyword.scores(query), np.asarray(created, dtype=np.float64), vectors,
         np.ones(len(memories), dtype=bool), complete=False,
+        asks=np.array([asks_only(m.text) for m in memories], dtype=bool),
     )
