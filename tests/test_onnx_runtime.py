@@ -46,12 +46,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_onnx_path_gives_sentence_transformers_vectors_without_importing_torch(
     models_dir: Path,
 ) -> None:
-    settings = EmbeddingSettings()
+    settings = EmbeddingSettings(quantize="none")
     code = (
         "import sys, json; from pathlib import Path;"
         "from proxy.config import EmbeddingSettings;"
         "from proxy.memory.embedding import open_embedder;"
-        f"e = open_embedder(EmbeddingSettings(), Path({str(models_dir)!r}));"
+        f"e = open_embedder(EmbeddingSettings(quantize='none'), Path({str(models_dir)!r}));"
         f"v = e.embed({TEXTS!r});"
         "print(json.dumps({'kind': type(e).__name__, 'torch': 'torch' in sys.modules,"
         "'st': 'sentence_transformers' in sys.modules, 'vectors': v.tolist()}))"
@@ -74,7 +74,7 @@ def test_the_onnx_path_gives_sentence_transformers_vectors_without_importing_tor
 def test_concurrent_queries_share_batches_and_each_gets_its_own_vector(
     models_dir: Path,
 ) -> None:
-    embedder = open_embedder(EmbeddingSettings(query_cache_size=0), models_dir)
+    embedder = open_embedder(EmbeddingSettings(quantize="none", query_cache_size=0), models_dir)
     assert isinstance(embedder, OnnxEmbedder)
     try:
         questions = [f"Question {i}: what did I say about {city}?"
@@ -90,6 +90,27 @@ def test_concurrent_queries_share_batches_and_each_gets_its_own_vector(
 
 
 @pytest.mark.e2e
+def test_a_quantized_models_query_vector_does_not_depend_on_other_callers(
+    models_dir: Path,
+) -> None:
+    """int8 scales activations per run: sharing a run with other callers' texts would move a
+    query's vector (cosine ~0.99), so concurrent callers never share one."""
+    embedder = open_embedder(EmbeddingSettings(query_cache_size=0), models_dir)
+    assert isinstance(embedder, OnnxEmbedder) and embedder.name.endswith("-int8")
+    try:
+        questions = [f"Question {i}: what did I say about {city}?"
+                     for i, city in enumerate(["Lisbon", "Osaka", "Nairobi", "Oslo"] * 8)]
+        alone = np.stack([embedder.embed([q])[0] for q in questions])
+        shared_run = embedder.batcher._encode(questions)  # what one shared run would give
+        assert not np.allclose(shared_run, alone, atol=1e-3)
+        with ThreadPoolExecutor(32) as pool:
+            together = np.stack(list(pool.map(lambda q: embedder.embed([q])[0], questions)))
+        np.testing.assert_array_equal(together, alone)
+    finally:
+        embedder.close()
+
+
+@pytest.mark.e2e
 def test_the_int8_export_keeps_the_full_models_vectors_and_runs_without_torch(
     models_dir: Path,
 ) -> None:
@@ -97,7 +118,7 @@ def test_the_int8_export_keeps_the_full_models_vectors_and_runs_without_torch(
         "import sys, json; from pathlib import Path;"
         "from proxy.config import EmbeddingSettings;"
         "from proxy.memory.embedding import open_embedder;"
-        f"e = open_embedder(EmbeddingSettings(quantize='int8'), Path({str(models_dir)!r}));"
+        f"e = open_embedder(EmbeddingSettings(), Path({str(models_dir)!r}));"  # int8: the default
         f"v = e.embed({TEXTS!r});"
         "print(json.dumps({'name': e.name, 'torch': 'torch' in sys.modules,"
         " 'vectors': v.tolist()}))"
@@ -108,13 +129,13 @@ def test_the_int8_export_keeps_the_full_models_vectors_and_runs_without_torch(
     got = json.loads(done.stdout.splitlines()[-1])
     assert got["name"].endswith("-int8") and not got["torch"]
     quantized = onnx_export_dir(EmbeddingSettings(quantize="int8"), models_dir)
-    full = onnx_export_dir(EmbeddingSettings(), models_dir)
+    full = onnx_export_dir(EmbeddingSettings(quantize="none"), models_dir)
     assert quantized.name == full.name + "-int8"
     # A quarter of the weights' bytes: the model really is the quantized one.
     assert (quantized / "onnx" / "model.onnx").stat().st_size < \
         (full / "onnx" / "model.onnx").stat().st_size / 3
     vectors = np.asarray(got["vectors"], dtype=np.float32)
-    reference = open_embedder(EmbeddingSettings(query_cache_size=0), models_dir)
+    reference = open_embedder(EmbeddingSettings(quantize="none", query_cache_size=0), models_dir)
     try:
         cosines = np.sum(vectors * reference.embed(TEXTS), axis=1)
     finally:

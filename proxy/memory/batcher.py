@@ -5,7 +5,8 @@ priority queue: queries (a few texts) before bulk work (an import's thousands, s
 so a large import never holds a chat's query behind it for more than one chunk. The thread
 takes what is queued — up to ``max_batch`` texts, waiting at most ``window`` seconds for more
 when it has fewer — runs one batch and hands each caller its rows. Under load the queue fills
-while a batch runs, so batches form without any waiting; a lone query runs at once.
+while a batch runs, so batches form without any waiting; a lone query runs at once. With
+``max_batch=1`` no two callers share a run (a caller's whole job is still one run).
 """
 
 from __future__ import annotations

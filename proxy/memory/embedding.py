@@ -110,9 +110,13 @@ class OnnxEmbedder:
     ):
         self.name = name
         self._encoder = OnnxEncoder(export_dir, manifest, settings.inference_threads)
+        # A quantized model scales its activations per batch: a text's vector would depend
+        # on the other callers' texts run with it. Each caller's texts run on their own.
+        quantized = settings.quantize != "none"
         self.batcher = InferenceBatcher(
-            self._encoder.encode, manifest.dimension, max_batch=settings.max_batch,
-            window=settings.batch_window_ms / 1000,
+            self._encoder.encode, manifest.dimension,
+            max_batch=1 if quantized else settings.max_batch,
+            window=0.0 if quantized else settings.batch_window_ms / 1000,
         )
         self._cached = _CachedEmbeddings(
             settings.query_cache_size, manifest.dimension, self.batcher.encode
