@@ -180,7 +180,8 @@ def populate(data_dir: str, users: dict[str, int]) -> dict[str, Any]:
     embed_seconds = insert_seconds = 0.0
     for seed, (user_id, count) in enumerate(users.items()):
         texts = fact_texts(count, seed=1000 + seed)
-        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        # The model's name is in the key: a cache of another model's vectors is not reused.
+        digest = hashlib.sha256("\n".join([embedder.name, *texts]).encode()).hexdigest()[:16]
         cached = CACHE_DIR / f"fact-vectors-{digest}.npy"
         t0 = time.perf_counter()
         if cached.exists():
