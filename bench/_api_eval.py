@@ -263,6 +263,51 @@ def run(
     return summarise(rows, latencies)
 
 
+def run_in_process(
+    conversations: list[Conversation], model: SentenceTransformerEmbedder,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """``run`` without HTTP: memories added to a ChromaStore directly, questions ranked by the
+    Retriever the search API calls (same settings, same ranking), in a minute or two instead
+    of several. The questions are embedded beforehand, in bulk: the latency is the
+    Retriever's ranking alone (store look-up, fusion, lifts, MMR), not the API's."""
+    from proxy.memory.retrieval import Retriever
+    from proxy.memory.store import ChromaStore, Memory
+
+    table = embed_table(model, [t.text for c in conversations for t in c.turns])
+    table.update(embed_table(model, [q.text for c in conversations for q in c.questions]))
+    embedder = PrecomputedEmbedder(model, table)
+    rows: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = load_settings(None, environ={}, overrides={"data_dir": data_dir,
+                                                               **overrides})
+        store = ChromaStore(settings.store, Path(data_dir), embedder.dimension)
+        retriever = Retriever(embedder, store, settings.retrieval)
+        try:
+            for conversation in conversations:
+                memories = [Memory(conversation.user, t.text, id=f"{conversation.user}:{t.key}",
+                                   created_at=t.created_at, session_id=t.session or None)
+                            for t in conversation.turns]
+                store.add(memories, embedder.embed([t.text for t in conversation.turns]),
+                          actor="import")
+                prefix = len(conversation.user) + 1
+                for question in conversation.questions:
+                    started = time.perf_counter()
+                    found = retriever.retrieve(conversation.user, question.text,
+                                               limit=max(CUTS), budget=False)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    ranking = [hit.memory.id[prefix:] for hit in found]
+                    gold = set(question.evidence)
+                    row: dict[str, Any] = {"category": question.category}
+                    for cut in CUTS:
+                        row[f"r@{cut}"] = len(gold & set(ranking[:cut])) / len(gold)
+                    rows.append(row)
+        finally:
+            store.close()
+    return summarise(rows, latencies)
+
+
 def summarise(rows: list[dict[str, Any]], latencies: list[float]) -> dict[str, Any]:
     def mean(key: str, subset: list[dict[str, Any]]) -> float:
         return float(np.mean([r[key] for r in subset])) * 100 if subset else float("nan")

@@ -9,6 +9,8 @@ measurement runs through the memory API instead (bench/_api_eval.py): every turn
 searched with ``POST /v1/memories/search``; it reports R@1/5/10/20 overall and by category
 and the search call's latency, for that file and the synthetic set side by side
 (``--no-synthetic`` leaves the latter out). ``--set`` overrides a setting for the run.
+``--in-process`` skips HTTP: the same store and Retriever called directly, the same recall
+in a minute or two; its latency is the ranking's alone (questions embedded beforehand).
 
 Two modes over the same users and questions:
 
@@ -314,7 +316,14 @@ def override(text: str) -> tuple[str, Any]:
 
 def api_main(args: argparse.Namespace) -> None:
     """Through the memory API: the LoCoMo-layout file and the synthetic set side by side."""
-    from _api_eval import CUTS, embedder_for_queries, load_locomo, load_synthetic, run
+    from _api_eval import (
+        CUTS,
+        embedder_for_queries,
+        load_locomo,
+        load_synthetic,
+        run,
+        run_in_process,
+    )
 
     began = time.perf_counter()
     model = embedder_for_queries(RESULTS)
@@ -324,9 +333,13 @@ def api_main(args: argparse.Namespace) -> None:
         sets["synthetic raw"] = load_synthetic(users, "raw")
         sets["synthetic facts"] = load_synthetic(users, "facts")
     overrides = dict(args.set)
-    results = {name: run(conversations, model, overrides) for name, conversations in sets.items()}
-    print(f"# Retrieval through the memory API; settings overridden: {overrides or 'none'}\n")
-    headers = ["set", "questions", *(f"R@{c}" for c in CUTS), "search p50 ms", "p95 ms"]
+    measure = run_in_process if args.in_process else run
+    results = {name: measure(conversations, model, overrides)
+               for name, conversations in sets.items()}
+    where = "the Retriever, in process" if args.in_process else "the memory API"
+    print(f"# Retrieval through {where}; settings overridden: {overrides or 'none'}\n")
+    latency = "ranking" if args.in_process else "search"
+    headers = ["set", "questions", *(f"R@{c}" for c in CUTS), f"{latency} p50 ms", "p95 ms"]
     print(markdown_table(headers, [
         [name, str(r["questions"]), *(fmt(r[f"r@{c}"]) for c in CUTS),
          fmt(r["latency_ms"]["p50"], 2), fmt(r["latency_ms"]["p95"], 2)]
@@ -341,7 +354,8 @@ def api_main(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - began
     print(f"Run time {elapsed:.0f} s on {os.cpu_count()} CPUs "
           f"(load average at end {os.getloadavg()[0]:.1f}).")
-    results["meta"] = {"overrides": overrides, "seconds": elapsed, "cpus": os.cpu_count(),
+    results["meta"] = {"overrides": overrides, "in_process": args.in_process,
+                       "seconds": elapsed, "cpus": os.cpu_count(),
                        "python": platform.python_version(), "loadavg": os.getloadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, default=str)
@@ -356,6 +370,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--locomo", type=Path, help="a LoCoMo-layout file: measure via the API")
     parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="with --locomo: call the Retriever directly, no HTTP (its "
+                        "latency: ranking only)")
     parser.add_argument("--set", type=override, action="append", default=[],
                         metavar="KEY=VALUE", help="a setting for the API run, e.g. "
                         "retrieval.dense_weight=0.4")
