@@ -9,8 +9,11 @@ metadata carries ``owner`` (proxy/memory/model.py ``owner_key``), so an owner's 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.model import Memory, Owner, owner_key
@@ -18,6 +21,55 @@ from proxy.memory.model import Memory, Owner, owner_key
 log = logging.getLogger("memproxy.store")
 
 LAYOUT_COLLECTION = "memproxy_layout"
+WRITES = ("add", "upsert", "update", "delete")
+T = TypeVar("T")
+
+
+class WritePacer:
+    """Embedded Chroma writes one at a time; while ``contended`` (a retrieval is running),
+    each write is followed by a rest as long as itself.
+
+    Chroma's Rust bindings release the GIL while they read but not while they write: an add
+    holds it 7–25 ms here (140 ms at worst), and meanwhile no other thread of the process
+    runs — the chats' retrievals included. Four extraction workers writing back to back made
+    5 ms of ranking work take 83 ms at the median and 290 ms at p99; paced, 7.4 and 49 ms
+    (bench note in README "Performance"). Writes then hold the GIL at most ``busy_share`` of
+    the time and give up that much of their throughput — only while chats are waiting: with
+    no retrieval running (an import at night, a script's adds) they go at full speed.
+    """
+
+    def __init__(self, busy_share: float = 0.5, clock: Callable[[], float] = time.monotonic):
+        self._rest_per_busy = (1.0 - busy_share) / busy_share
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_at = 0.0
+        self.contended: Callable[[], bool] = lambda: True  # set by the app: retrievals run
+
+    def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            wait = self._next_at - self._clock()
+            if wait > 0 and self.contended():
+                time.sleep(wait)
+            started = self._clock()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                ended = self._clock()
+                self._next_at = ended + (ended - started) * self._rest_per_busy
+
+
+class PacedCollection:
+    """A Chroma collection whose writes go through a ``WritePacer``; reads go straight on."""
+
+    def __init__(self, collection: Any, pacer: WritePacer):
+        self._collection = collection
+        self._pacer = pacer
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._collection, name)
+        if name in WRITES:
+            return lambda *args, **kwargs: self._pacer.run(attribute, *args, **kwargs)
+        return attribute
 
 
 def stored_shards(client: Any, wanted: int) -> int:
@@ -40,12 +92,15 @@ def shard_of(user_id: str, shards: int, tenant: str = DEFAULT_TENANT) -> int:
 
 
 class Shards:
-    """The store's ``count`` shard collections (cosine space), opened on first use."""
+    """The store's ``count`` shard collections (cosine space), opened on first use.
+    ``pacer``: embedded Chroma's writes are paced (a server's are not: its client waits on a
+    socket, without the GIL)."""
 
-    def __init__(self, client: Any, wanted: int):
+    def __init__(self, client: Any, wanted: int, pacer: WritePacer | None = None):
         self._client = client
         self.count = stored_shards(client, wanted)
         self._collections: dict[int, Any] = {}
+        self._pacer = pacer
 
     def of(self, owner: Owner) -> int:
         return shard_of(owner[1], self.count, owner[0])
@@ -58,6 +113,8 @@ class Shards:
                 metadata={"hnsw:space": "cosine"},
                 embedding_function=None,
             )
+            if self._pacer is not None:
+                found = PacedCollection(found, self._pacer)
             self._collections[shard] = found
         return found
 

@@ -8,8 +8,10 @@ recorded in a bounded ring of recent injections (proxy/memory/recent.py).
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -145,6 +147,28 @@ class _Ranking:
                 for i, score in zip(ranked.indices, ranked.scores, strict=True)]
 
 
+class Activity:
+    """How many retrievals run now (thread-safe): embedded Chroma's writes rest while any does
+    (proxy/memory/chroma.py ``WritePacer``)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def busy(self) -> bool:
+        return self._running > 0
+
+
 class Retriever:
     """Hybrid retrieval: dense + BM25 fused (proxy/memory/ranking.py), then the token budget.
 
@@ -166,6 +190,7 @@ class Retriever:
         self.recent = recent or RecentInjections(
             settings.recent_injections, settings.recent_injections_text
         )
+        self.activity = Activity()
 
     def retrieve(
         self,
@@ -189,7 +214,8 @@ class Retriever:
         ``recent`` (the ring of recent injections).
         """
         started = time.perf_counter()
-        ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded)
+        with self.activity.running():
+            ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded)
         if ranking is None:
             chosen: list[ScoredMemory] = []
         else:

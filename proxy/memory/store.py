@@ -36,7 +36,7 @@ from proxy.config import StoreSettings
 from proxy.errors import MemoryUnavailable
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.cache import OwnerCache, UserIndex
-from proxy.memory.chroma import Shards, memories_from, owner_where, shard_of
+from proxy.memory.chroma import Shards, WritePacer, memories_from, owner_where, shard_of
 from proxy.memory.forget_fence import ForgetLog
 from proxy.memory.history import HistoryEvent, MemoryHistory
 from proxy.memory.listing import Condition, matches, page
@@ -93,7 +93,8 @@ class ChromaStore:
                 self._client = chromadb.PersistentClient(
                     path=str(path), settings=chroma_settings
                 )
-            self._shards = Shards(self._client, settings.shards)
+            self.pacer = None if settings.chroma_host else WritePacer(settings.write_busy_share)
+            self._shards = Shards(self._client, settings.shards, self.pacer)
             self._max_batch = max(1, int(self._client.get_max_batch_size()))
             self.history = MemoryHistory(state or database_path(data_dir), pool_size=pool_size)
             # Replicas sharing a database: cache freshness and forgets across them.
