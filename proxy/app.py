@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from proxy import collector
 from proxy.access_log import AccessLog
 from proxy.api.memories import MemoriesAPI, MemoryServices
 from proxy.api.routes import memory_routes
@@ -115,6 +115,7 @@ def create_app(
         auth = await anyio.to_thread.run_sync(open_authenticator, settings)
         app.state.auth = auth
         metrics = Metrics()
+        metrics.gauges["memproxy_gc_frozen_objects"] = collector.frozen_count
         upstream = HttpUpstream(settings, upstream_transport)
         anthropic = AnthropicUpstream(settings, upstream_transport)
         memory_error: str | None = None
@@ -126,6 +127,8 @@ def create_app(
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             opened_embedder, opened_store = await _open_memory(settings, embedder, store)
             retriever = Retriever(opened_embedder, opened_store, settings.retrieval)
+            if isinstance(opened_store, ChromaStore) and opened_store.pacer is not None:
+                opened_store.pacer.contended = retriever.activity.busy
             extractor = Extractor(settings, opened_embedder, opened_store)
             # Before "ready": the first chat is not the one that pays for cold code paths.
             await anyio.to_thread.run_sync(warm_up, retriever)
@@ -135,8 +138,13 @@ def create_app(
             log.error("memory layer unavailable, proxying without memory: %s", memory_error)
         jobs = await _open_jobs(settings, extractor)
         if settings.extraction.mode == "llm" or settings.models:
-            # Import litellm now, off the loop, so the first call that needs it is not slow.
-            asyncio.get_running_loop().run_in_executor(None, load_litellm)
+            # Imported before "ready", off the loop: an import holds the interpreter for
+            # ~3 s, and behind it the first chats' retrievals timed out (soak, minute 1).
+            try:
+                await anyio.to_thread.run_sync(load_litellm)
+            except Exception as exc:  # its calls will say so; chats without it still flow
+                log.warning("litellm could not be imported: %s: %s", type(exc).__name__, exc)
+        collector.settle()  # start-up state, litellm's tables included (proxy/collector.py)
         if settings.admin_key is None:
             if settings.auth.mode == "keys" and not settings.auth.loopback_admin:
                 log.warning("no admin key set: the memory API answers proxy keys only")

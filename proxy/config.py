@@ -164,6 +164,9 @@ class StoreSettings(_Section):
     # later exchange may send it to the model again.
     max_memory_chars: int = Field(default=4000, ge=1)
     max_metadata_bytes: int = Field(default=16_384, ge=2)  # the user metadata as UTF-8 JSON
+    # Embedded Chroma holds the interpreter while it writes: writes go one at a time and may
+    # hold it at most this share of the time (each rests as long as it ran at 0.5); 1: no rest.
+    write_busy_share: float = Field(default=0.5, gt=0, le=1)
 
 
 class RetrievalSettings(_Section):

@@ -215,6 +215,10 @@ def test_a_served_proxy_holds_no_torch_and_its_first_chat_is_served_with_memory(
             _wait_ready(base, served)
             maps = Path(f"/proc/{served.pid}/maps").read_text()
             assert "libtorch" not in maps and "torch/lib" not in maps
+            # Start-up state is out of the garbage collector's full walks (proxy/collector.py).
+            frozen = [line for line in httpx.get(base + "/metrics").text.splitlines()
+                      if line.startswith("memproxy_gc_frozen_objects ")]
+            assert frozen and float(frozen[0].split()[1]) > 50_000
             reply = httpx.post(base + "/v1/chat/completions", headers={"X-User-Id": "ana"},
                                json={"model": "m", "messages": [
                                    {"role": "user", "content": "Where does my sister live?"}]},

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import __version__
+from proxy import __version__, collector
 from proxy.cli.admin import add_admin_commands
 from proxy.cli.common import settings_and_sources, settings_from_args
 from proxy.cli.jobs import add_jobs_commands
@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+    collector.enable()  # start-up state frozen out of full collections (proxy/collector.py)
     try:  # before the app opens anything: a busy port is a message now, not in 40 s
         listener = bind_listener(settings.server.host, settings.server.port)
     except CannotListen as exc:
