@@ -208,6 +208,8 @@ def test_a_claim_or_completion_does_not_rewrite_the_jobs_behind_it(
     assert head is not None and head.id is not None
     clock.now += 20
     assert queue.renew(head.id, "w") and queue.complete(head.id, "w")
+    (promoted,) = [row for row in queue.list(["queued"], limit=100) if row.id == head.id + 1]
+    assert promoted.run_after == clock.now  # due from its turn, not from its enqueue
     second = queue.claim("w")
     assert second is not None and second.id == head.id + 1
     assert behind() == before

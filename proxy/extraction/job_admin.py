@@ -18,12 +18,14 @@ from proxy.gateway.identity import Identity
 from proxy.state.engine import Connection, Target, open_database
 
 
-def settle_line(conn: Connection, owner: str, lock: str = "") -> None:
+def settle_line(conn: Connection, owner: str, now: float, lock: str = "") -> None:
     """Mark the head of ``owner``'s line: its oldest unfinished job, the only one a claim may
     take. Call it after a job left the unfinished states or joined them (done, dead, enqueued,
     retried). A few index look-ups whatever the backlog; the jobs behind the head are not
-    touched. ``lock`` (Postgres): the dialect's transaction lock, taken on the owner so that
-    two replicas settling one line at once see each other's work."""
+    touched. A job that becomes the head is due ``now`` at the earliest: its wait in line
+    does not count as time due (with replicas, its origin gets the first ``lease_seconds``).
+    ``lock`` (Postgres): the dialect's transaction lock, taken on the owner so that two
+    replicas settling one line at once see each other's work."""
     if lock:
         conn.execute(lock, (f"line:{owner}",))
     firsts = [
@@ -37,7 +39,10 @@ def settle_line(conn: Connection, owner: str, lock: str = "") -> None:
         (owner, head if head is not None else -1),
     )
     if head is not None:
-        conn.execute("UPDATE jobs SET head = 1 WHERE id = ? AND head = 0", (head,))
+        conn.execute(
+            "UPDATE jobs SET head = 1, run_after = CASE WHEN run_after < ? THEN ? ELSE run_after"
+            " END WHERE id = ? AND head = 0", (now, now, head),
+        )
 
 
 def fact_count(result: str | None) -> int | None:
@@ -97,7 +102,7 @@ class JobAdmin:
                     " last_error = 'no API key: the user made no request within"
                     " key_wait_seconds' WHERE id = ?", (now, now, job_id),
                 )
-                settle_line(conn, owner, self.dialect.transaction_lock)
+                settle_line(conn, owner, now, self.dialect.transaction_lock)
             # Lines whose head is not marked (jobs written by a replica of an older version
             # during a rolling upgrade): marked now, or their jobs would never be claimed.
             unmarked = conn.execute(
@@ -107,7 +112,7 @@ class JobAdmin:
                 "  AND e.state IN ('queued', 'running', 'waiting_key') AND e.id < j.id)"
             ).fetchall()
             for (owner,) in unmarked:
-                settle_line(conn, owner, self.dialect.transaction_lock)
+                settle_line(conn, owner, now, self.dialect.transaction_lock)
 
         self._db.write(work)
 
@@ -192,7 +197,7 @@ class JobAdmin:
                 f" finished_at = NULL WHERE {where}", (now, now, *named),
             ).rowcount
             for owner in owners:  # a retried job may be older than its owner's head
-                settle_line(conn, owner, self.dialect.transaction_lock)
+                settle_line(conn, owner, now, self.dialect.transaction_lock)
             return int(count)
 
         return self._db.write(work)

@@ -82,7 +82,7 @@ class JobQueue(JobAdmin):
                 ),
             )
             job_id = int(cursor.fetchone()[0])
-            settle_line(conn, job.owner, self.dialect.transaction_lock)
+            settle_line(conn, job.owner, now, self.dialect.transaction_lock)
             return job_id
 
         job_id = self._db.write(work)
@@ -133,7 +133,7 @@ class JobQueue(JobAdmin):
                         (f"worker lost {row['attempts']} times (lease expired)", now, now,
                          row["id"]),
                     )
-                    settle_line(conn, row["owner"], self.dialect.transaction_lock)
+                    settle_line(conn, row["owner"], now, self.dialect.transaction_lock)
                     continue
                 conn.execute(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
@@ -239,7 +239,7 @@ class JobQueue(JobAdmin):
             if row is None:
                 return False
             if finishes:
-                settle_line(conn, row[0], self.dialect.transaction_lock)
+                settle_line(conn, row[0], self._clock(), self.dialect.transaction_lock)
             return True
 
         return self._db.write(work)
@@ -277,7 +277,7 @@ class JobQueue(JobAdmin):
                 " finished_at = ?, updated_at = ?, user_texts = '[]', assistant_text = '',"
                 " result = ? WHERE id = ?", (now, now, kept, job_id),
             )
-            settle_line(conn, row[1], self.dialect.transaction_lock)
+            settle_line(conn, row[1], now, self.dialect.transaction_lock)
             return True
 
         return self._db.write(work)
