@@ -17,6 +17,7 @@ from proxy.memory.store import ChromaStore, Memory
 
 def test_paced_writes_never_overlap_and_rest_as_long_as_they_ran() -> None:
     pacer = WritePacer(busy_share=0.5)
+    pacer.contended = lambda: True  # a retrieval is running throughout
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
 
@@ -58,6 +59,7 @@ def test_writes_rest_only_while_a_retrieval_runs() -> None:
 
 def test_a_busy_share_of_one_paces_nothing_but_order() -> None:
     pacer = WritePacer(busy_share=1.0)
+    pacer.contended = lambda: True
     began = time.monotonic()
     for _ in range(5):
         pacer.run(time.sleep, 0.01)

@@ -43,7 +43,9 @@ class WritePacer:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_at = 0.0
-        self.contended: Callable[[], bool] = lambda: True  # set by the app: retrievals run
+        # Set by the app to "a retrieval is running"; a process without retrievals (the CLI's
+        # import) has nothing to protect, and its writes never rest.
+        self.contended: Callable[[], bool] = lambda: False
 
     def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with self._lock:
