@@ -36,7 +36,9 @@ import uvicorn
 
 from proxy.app import create_app
 from proxy.config import EmbeddingSettings, load_settings
-from proxy.memory.embedding import SentenceTransformerEmbedder
+from proxy.memory.embedding import OnnxEmbedder, SentenceTransformerEmbedder, open_embedder
+
+Model = OnnxEmbedder | SentenceTransformerEmbedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_KEY = "bench-admin-key"
@@ -151,7 +153,7 @@ def load_synthetic(users: list[dict[str, Any]], mode: str) -> list[Conversation]
 class PrecomputedEmbedder:
     """Stored texts' vectors from a table; anything else (queries) through the real model."""
 
-    def __init__(self, model: SentenceTransformerEmbedder, table: dict[str, np.ndarray]):
+    def __init__(self, model: Model, table: dict[str, np.ndarray]):
         self._model = model
         self._table = table
         self.dimension = model.dimension
@@ -162,7 +164,7 @@ class PrecomputedEmbedder:
         return self._model.embed(texts)
 
 
-def embed_table(model: SentenceTransformerEmbedder, texts: list[str]) -> dict[str, np.ndarray]:
+def embed_table(model: Model, texts: list[str]) -> dict[str, np.ndarray]:
     unique = sorted(set(texts))
     digest = hashlib.sha256("\n".join([model.name, *unique]).encode()).hexdigest()[:16]
     path = RESULTS / f"api_eval-embeddings-{digest}.npy"
@@ -232,7 +234,7 @@ def store_turns(proxy: Proxy, conversation: Conversation) -> dict[str, str]:
 
 
 def run(
-    conversations: list[Conversation], model: SentenceTransformerEmbedder,
+    conversations: list[Conversation], model: Model,
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Store, search every question, and score: recall@CUTS overall and by category."""
@@ -264,7 +266,7 @@ def run(
 
 
 def run_in_process(
-    conversations: list[Conversation], model: SentenceTransformerEmbedder,
+    conversations: list[Conversation], model: Model,
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """``run`` without HTTP: memories added to a ChromaStore directly, questions ranked by the
@@ -327,6 +329,14 @@ def summarise(rows: list[dict[str, Any]], latencies: list[float]) -> dict[str, A
     }
 
 
-def embedder_for_queries(models_dir: Path) -> SentenceTransformerEmbedder:
-    # No query cache: every search embeds its query, as a new question would.
-    return SentenceTransformerEmbedder(EmbeddingSettings(query_cache_size=0), models_dir)
+def embedder_for_queries(
+    results_dir: Path, overrides: dict[str, Any] | None = None
+) -> Model:
+    """The embedder the proxy serves with these settings (``--set embedding.quantize=none``:
+    the full-precision model), exported once under ``results_dir/.cache`` like
+    bench/overhead.py's. No query cache: every search embeds its query, as a new question
+    would."""
+    chosen = {key.split(".", 1)[1]: value for key, value in (overrides or {}).items()
+              if key.startswith("embedding.")}
+    settings = EmbeddingSettings(**{**chosen, "query_cache_size": 0})
+    return open_embedder(settings, results_dir / ".cache")

@@ -326,7 +326,7 @@ def api_main(args: argparse.Namespace) -> None:
     )
 
     began = time.perf_counter()
-    model = embedder_for_queries(RESULTS)
+    model = embedder_for_queries(RESULTS, dict(args.set))
     sets = {args.locomo.name: load_locomo(args.locomo)}
     if not args.no_synthetic:
         users = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()]

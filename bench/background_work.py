@@ -1,0 +1,184 @@
+"""What the background work (extraction jobs and their writes) costs the rest of the process.
+
+    .venv/bin/python bench/background_work.py [--quick]
+
+1. The job queue against one user's backlog: ``JobQueue`` on SQLite in a temp dir, one owner
+   with 100 / 2,000 / 10,000 queued jobs; the time of an enqueue, and of one head's claim,
+   renewal and completion (what each applied job costs the queue), p50 of 30.
+2. Embedded Chroma's writes and the interpreter: ``ChromaStore`` in a temp dir, one user at
+   10k memories, four threads adding 3 memories at a time back to back (the extraction
+   workers), while the main thread times 5 ms of numpy ranking work (ten 10k x 384
+   matrix-vector products and an argsort) by the wall clock, as a retrieval would be; with
+   ``store.write_busy_share`` 1.0 (no rests) and 0.5 (the default), a retrieval running.
+3. Writes as the memory API makes them, in process, with the real model (int8, the default,
+   and the full-precision one): 200 single adds one at a time (embed one text, add one
+   memory) for a user already holding 10k memories, and an import of 4,000 memories
+   (embedded in one call, written 500 at a time).
+
+Random unit vectors; nothing is asserted. Results: bench/results/background_work-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from _results import fmt, machine, markdown_table, percentiles, write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy.config import EmbeddingSettings, JobSettings, StoreSettings  # noqa: E402
+from proxy.extraction.jobs import ExtractionJob  # noqa: E402
+from proxy.extraction.queue import JobQueue  # noqa: E402
+from proxy.gateway.identity import Identity  # noqa: E402
+from proxy.memory.embedding import open_embedder  # noqa: E402
+from proxy.memory.retrieval import Activity  # noqa: E402
+from proxy.memory.store import ChromaStore, Memory  # noqa: E402
+from proxy.state.sqlite import database_path  # noqa: E402
+
+
+def queue_costs(backlog: int) -> dict[str, Any]:
+    queue = JobQueue(database_path(Path(tempfile.mkdtemp())), JobSettings(coalesce_seconds=0))
+    try:
+        started = time.perf_counter()
+        for n in range(backlog):
+            queue.enqueue(ExtractionJob(Identity("hot"), [f"turn {n}"], "ok", "m",
+                                        created_at=time.time(), exchange_hash=f"h{n}"))
+        enqueue_ms = (time.perf_counter() - started) * 1000 / backlog
+        cycles = []
+        for _ in range(30):
+            began = time.perf_counter()
+            job = queue.claim("w")
+            assert job is not None and job.id is not None
+            queue.renew(job.id, "w")
+            queue.complete(job.id, "w")
+            cycles.append((time.perf_counter() - began) * 1000)
+        return {"backlog": backlog, "enqueue_ms": enqueue_ms, "cycle": percentiles(cycles)}
+    finally:
+        queue.close()
+
+
+def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, 384)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def pacing(busy_share: float, seconds: float) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    store = ChromaStore(StoreSettings(write_busy_share=busy_share),
+                        Path(tempfile.mkdtemp()), 384)
+    activity = Activity()
+    if store.pacer is not None:
+        store.pacer.contended = activity.busy
+    base = time.time() - 100_000
+    store.add([Memory(user_id="hot", text=f"fact {i}", created_at=base + i)
+               for i in range(10_000)], unit_vectors(rng, 10_000))
+    stop = threading.Event()
+    writes = [0]
+    lock = threading.Lock()
+
+    def writer(name: int) -> None:
+        local = np.random.default_rng(name)
+        n = 0
+        while not stop.is_set():
+            store.add([Memory(user_id="hot", text=f"new {name} {n} {j}", created_at=time.time())
+                       for j in range(3)], unit_vectors(local, 3))
+            n += 1
+            with lock:
+                writes[0] += 1
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    matrix = unit_vectors(rng, 10_000)
+    work: list[float] = []
+    ends = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < ends:
+            with activity.running():
+                began = time.perf_counter()
+                for row in range(10):
+                    (matrix @ matrix[row]).argsort()[:10]
+                work.append((time.perf_counter() - began) * 1000)
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        store.close()
+    return {"busy_share": busy_share, "writes_per_s": writes[0] / seconds,
+            "work": percentiles(work), "over_100ms": int(sum(w > 100 for w in work)),
+            "max_ms": max(work)}
+
+
+def writes(
+    quantize: Literal["int8", "none"], adds: int = 200, imported: int = 4_000
+) -> dict[str, Any]:
+    embedder = open_embedder(EmbeddingSettings(quantize=quantize, query_cache_size=0),
+                             Path(__file__).resolve().parent / "results" / ".cache")
+    # As in the proxy with no chat running: the store's writes do not rest.
+    store = ChromaStore(StoreSettings(), Path(tempfile.mkdtemp()), embedder.dimension)
+    rng = np.random.default_rng(1)
+    try:
+        base = time.time() - 100_000
+        store.add([Memory(user_id="big", text=f"fact {i}", created_at=base + i)
+                   for i in range(10_000)], unit_vectors(rng, 10_000))
+        began = time.perf_counter()
+        for n in range(adds):
+            text = f"User mentioned fact number {n}: a trip to city {n % 97} in month {n % 12}."
+            store.add([Memory(user_id="big", text=text)], embedder.embed([text]))
+        add_rate = adds / (time.perf_counter() - began)
+        texts = [f"Imported note {n}: the user likes topic {n % 301} and tool {n % 53}."
+                 for n in range(imported)]
+        began = time.perf_counter()
+        vectors = embedder.embed(texts)
+        embedded = time.perf_counter() - began
+        for start in range(0, imported, 500):
+            store.add([Memory(user_id="importer", text=t) for t in texts[start:start + 500]],
+                      vectors[start:start + 500])
+        total = time.perf_counter() - began
+    finally:
+        store.close()
+        close = getattr(embedder, "close", None)
+        if close is not None:
+            close()
+    return {"quantize": quantize, "adds_per_s": add_rate, "import_embed_per_s": imported / embedded,
+            "import_per_s": imported / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 s per pacing run, not 40")
+    args = parser.parse_args()
+    queues = [queue_costs(n) for n in (100, 2_000, 10_000)]
+    print("## One head's claim + renewal + completion against the owner's backlog\n")
+    print(markdown_table(["queued jobs of the owner", "enqueue ms", "claim+renew+complete p50 ms"],
+                         [[f"{q['backlog']:,}", fmt(q["enqueue_ms"], 2), fmt(q["cycle"]["p50"], 2)]
+                          for q in queues]))
+    seconds = 20.0 if args.quick else 40.0
+    paced = [pacing(share, seconds) for share in (1.0, 0.5)]
+    print("\n## 5 ms of ranking work while four threads write to embedded Chroma\n")
+    print(markdown_table(
+        ["write_busy_share", "writes/s", "work p50 ms", "p99 ms", "max ms", "over 100 ms"],
+        [[fmt(p["busy_share"], 1), fmt(p["writes_per_s"], 0), fmt(p["work"]["p50"]),
+          fmt(p["work"]["p99"]), fmt(p["max_ms"]), f"{p['over_100ms']} of {p['work']['n']}"]
+         for p in paced]))
+    written = [writes("int8"), writes("none")]
+    print("\n## Writes through the store with the real model (a user at 10k memories)\n")
+    print(markdown_table(
+        ["embedding.quantize", "single adds/s", "import: embedded/s", "import: stored/s"],
+        [[w["quantize"], fmt(w["adds_per_s"], 0), fmt(w["import_embed_per_s"], 0),
+          fmt(w["import_per_s"], 0)] for w in written]))
+    path = write_results("background_work", {"machine": machine(), "queue": queues,
+                                             "pacing": paced, "writes": written})
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()
