@@ -233,6 +233,15 @@ def store_turns(proxy: Proxy, conversation: Conversation) -> dict[str, str]:
         return dict(pool.map(post, conversation.turns))
 
 
+def scored(question: Question, ranking: list[str]) -> dict[str, Any]:
+    """Recall at each cut: the share of the question's evidence turns in the top k."""
+    gold = set(question.evidence)
+    row: dict[str, Any] = {"category": question.category}
+    for cut in CUTS:
+        row[f"r@{cut}"] = len(gold & set(ranking[:cut])) / len(gold)
+    return row
+
+
 def run(
     conversations: list[Conversation], model: Model,
     overrides: dict[str, Any],
@@ -255,11 +264,7 @@ def run(
                     latencies.append((time.perf_counter() - started) * 1000)
                     response.raise_for_status()
                     ranking = [keys[hit["id"]] for hit in response.json()["data"]]
-                    gold = set(question.evidence)
-                    row: dict[str, Any] = {"category": question.category}
-                    for cut in CUTS:
-                        row[f"r@{cut}"] = len(gold & set(ranking[:cut])) / len(gold)
-                    rows.append(row)
+                    rows.append(scored(question, ranking))
     finally:
         proxy.close()
     return summarise(rows, latencies)
@@ -299,12 +304,7 @@ def run_in_process(
                     found = retriever.retrieve(conversation.user, question.text,
                                                limit=max(CUTS), budget=False)
                     latencies.append((time.perf_counter() - started) * 1000)
-                    ranking = [hit.memory.id[prefix:] for hit in found]
-                    gold = set(question.evidence)
-                    row: dict[str, Any] = {"category": question.category}
-                    for cut in CUTS:
-                        row[f"r@{cut}"] = len(gold & set(ranking[:cut])) / len(gold)
-                    rows.append(row)
+                    rows.append(scored(question, [hit.memory.id[prefix:] for hit in found]))
         finally:
             store.close()
     return summarise(rows, latencies)

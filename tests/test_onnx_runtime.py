@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -42,24 +43,33 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-models")
 
 
+def _embed_in_a_fresh_process(settings_args: str, models_dir: Path) -> dict[str, Any]:
+    """TEXTS embedded by ``open_embedder(EmbeddingSettings(<settings_args>))`` in a new
+    process: the embedder's kind and name, whether torch or sentence-transformers got
+    imported, and the vectors."""
+    code = (
+        "import sys, json; from pathlib import Path;"
+        "from proxy.config import EmbeddingSettings;"
+        "from proxy.memory.embedding import open_embedder;"
+        f"e = open_embedder(EmbeddingSettings({settings_args}), Path({str(models_dir)!r}));"
+        f"v = e.embed({TEXTS!r});"
+        "print(json.dumps({'kind': type(e).__name__, 'name': e.name,"
+        " 'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules,"
+        " 'vectors': v.tolist()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
 @pytest.mark.e2e
 def test_the_onnx_path_gives_sentence_transformers_vectors_without_importing_torch(
     models_dir: Path,
 ) -> None:
     settings = EmbeddingSettings(quantize="none")
-    code = (
-        "import sys, json; from pathlib import Path;"
-        "from proxy.config import EmbeddingSettings;"
-        "from proxy.memory.embedding import open_embedder;"
-        f"e = open_embedder(EmbeddingSettings(quantize='none'), Path({str(models_dir)!r}));"
-        f"v = e.embed({TEXTS!r});"
-        "print(json.dumps({'kind': type(e).__name__, 'torch': 'torch' in sys.modules,"
-        "'st': 'sentence_transformers' in sys.modules, 'vectors': v.tolist()}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.splitlines()[-1])
+    got = _embed_in_a_fresh_process("quantize='none'", models_dir)
     assert got["kind"] == "OnnxEmbedder"
     assert not got["torch"] and not got["st"]  # the export ran in a child process
     manifest = EncoderManifest.read(onnx_export_dir(settings, models_dir))
@@ -114,19 +124,7 @@ def test_a_quantized_models_query_vector_does_not_depend_on_other_callers(
 def test_the_int8_export_keeps_the_full_models_vectors_and_runs_without_torch(
     models_dir: Path,
 ) -> None:
-    code = (
-        "import sys, json; from pathlib import Path;"
-        "from proxy.config import EmbeddingSettings;"
-        "from proxy.memory.embedding import open_embedder;"
-        f"e = open_embedder(EmbeddingSettings(), Path({str(models_dir)!r}));"  # int8: the default
-        f"v = e.embed({TEXTS!r});"
-        "print(json.dumps({'name': e.name, 'torch': 'torch' in sys.modules,"
-        " 'vectors': v.tolist()}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.splitlines()[-1])
+    got = _embed_in_a_fresh_process("", models_dir)  # int8: the default
     assert got["name"].endswith("-int8") and not got["torch"]
     quantized = onnx_export_dir(EmbeddingSettings(quantize="int8"), models_dir)
     full = onnx_export_dir(EmbeddingSettings(quantize="none"), models_dir)
