@@ -138,12 +138,16 @@ class EmbeddingSettings(_Section):
     models_dir: str = ""  # empty: data_dir/models (where the ONNX export is kept)
     device: str = "cpu"
     query_cache_size: int = Field(default=2048, ge=0)
-    # One inference thread runs the ONNX model; concurrent queries share a batch of up to
+    # The ONNX model runs on inference workers; concurrent queries share a batch of up to
     # max_batch texts, waiting at most batch_window_ms for more (0: only what is queued).
     # Not with quantize: int8, whose vectors would depend on the texts sharing the batch.
     max_batch: int = Field(default=32, ge=1)
     batch_window_ms: float = Field(default=0.0, ge=0, le=50)
-    inference_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads; 0: one per core
+    # ONNX Runtime threads per run; 0: one per core, or one each when several workers run.
+    inference_threads: int = Field(default=0, ge=0)
+    # Threads running the model side by side; 0: one per core (up to 8) when each caller's
+    # texts run alone (int8), else one (it batches concurrent queries instead).
+    inference_workers: int = Field(default=0, ge=0, le=64)
     # int8: the ONNX export's weights quantized per channel at export time: ~2x faster on a
     # CPU, retrieval recall within 0.5 points of the full model (README "Retrieval quality"),
     # also over memories embedded by the full model before. none: the full-precision export.

