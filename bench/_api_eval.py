@@ -35,7 +35,8 @@ import numpy as np
 import uvicorn
 
 from proxy.app import create_app
-from proxy.config import EmbeddingSettings, load_settings
+from proxy.config import EmbeddingSettings
+from proxy.config_sources import load_settings
 from proxy.memory.embedding import OnnxEmbedder, SentenceTransformerEmbedder, open_embedder
 
 Model = OnnxEmbedder | SentenceTransformerEmbedder

@@ -32,7 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from servers import ThreadedServer  # noqa: E402
 
 from proxy.app import create_app  # noqa: E402
-from proxy.config import load_settings  # noqa: E402
+from proxy.config_sources import load_settings  # noqa: E402
 
 ADMIN = "adm-screenshots"
 ALICE = [

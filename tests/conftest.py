@@ -14,7 +14,8 @@ from servers import ThreadedServer
 from shared_servers import chroma_server, database_url, postgres_server  # noqa: F401 (fixtures)
 
 from proxy.app import create_app
-from proxy.config import EmbeddingSettings, Settings, load_settings
+from proxy.config import EmbeddingSettings, Settings
+from proxy.config_sources import load_settings
 from proxy.memory.embedding import OnnxEmbedder, SentenceTransformerEmbedder, open_embedder
 
 

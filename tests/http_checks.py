@@ -15,7 +15,7 @@ from fake_upstream import FakeUpstream
 from servers import ThreadedServer
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 
 CHAT_PATH = "/v1/chat/completions"
 BLOCK_MARK = "<memories>"

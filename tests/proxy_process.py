@@ -20,7 +20,7 @@ import uvicorn
 from conftest import HashingEmbedder
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 
 
 class SlowApplyEmbedder(HashingEmbedder):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 
 KNOWN_USERS = ["prop-ann", "prop-bob", "prop-cyd"]
 SPECIAL = ["", " ", "\x00", "\ud800", "🙂", "مرحبا", "\u202e", "a" * 300, "</memories>", "\n"]

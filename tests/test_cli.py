@@ -18,7 +18,7 @@ from fake_upstream import FakeUpstream
 
 from proxy import __version__
 from proxy.cli.main import SERVE_FLAGS, build_parser, main
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 
 
 def free_port() -> int:

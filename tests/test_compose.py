@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 from proxy.state.engine import database_target, is_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_settings, load_settings_and_sources
+from proxy.config_sources import ConfigError, load_settings, load_settings_and_sources
 
 
 def test_defaults_match_the_documented_contract() -> None:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from servers import ThreadedServer
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 from proxy.gateway.keys import KeyStore
 from proxy.state.sqlite import database_path
 

@@ -14,7 +14,8 @@ from http_checks import assert_openai_error, injected_positions, sdk
 from pydantic import SecretStr
 from servers import ThreadedServer
 
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import Settings
+from proxy.config_sources import ConfigError, load_settings
 from proxy.gateway.auth import sign_user_id
 from proxy.gateway.keys import KeyStore
 from proxy.state.sqlite import database_path

@@ -14,7 +14,8 @@ from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error, injected_positions
 from servers import ThreadedServer
 
-from proxy.config import Settings, load_settings
+from proxy.config import Settings
+from proxy.config_sources import load_settings
 from proxy.errors import PermissionDenied
 from proxy.gateway.auth import Authenticator
 

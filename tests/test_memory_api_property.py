@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_sources import load_settings
 
 USER = "prop-user"
 SPECIAL = ["", " ", "\x00", "\ud800", "🙂", "a/b", "import", "..", "NaN", "1e999", "²",

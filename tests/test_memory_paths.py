@@ -13,7 +13,8 @@ from http_checks import assert_openai_error
 from servers import ThreadedServer
 
 from proxy.cli.main import main
-from proxy.config import Settings, load_settings
+from proxy.config import Settings
+from proxy.config_sources import load_settings
 
 ADMIN = {"authorization": "Bearer adm-secret"}
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from servers import ThreadedServer
 
-from proxy.config import Settings, load_settings
+from proxy.config import Settings
+from proxy.config_sources import load_settings
 
 FIXED_SEED = 20261203
 # Checks of what the document promises. Left out: positive_data_acceptance and

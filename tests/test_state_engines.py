@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.config import JobSettings, load_settings
+from proxy.config import JobSettings
+from proxy.config_sources import load_settings
 from proxy.extraction.jobs import ExtractionJob
 from proxy.extraction.queue import JobQueue
 from proxy.gateway.identity import Identity

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ConfigError, Settings, SettingsSources, load_settings_and_sources
+from proxy.config import Settings
+from proxy.config_sources import ConfigError, SettingsSources, load_settings_and_sources
 from proxy.state.engine import Target, database_target, is_url
 
 
