@@ -18,6 +18,7 @@ Writes hold one lock from the read that decides them to the write itself, so a c
 a delete cannot bring the memory back, and a job's writes after its owner was forgotten are
 dropped (proxy/memory/forget_fence.py).
 Scoring one owner's memories (cached index or Chroma) is in proxy/memory/search.py.
+Loading an owner's index and keeping it in step with writes is in proxy/memory/indexes.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from proxy.memory.cache import OwnerCache, UserIndex
 from proxy.memory.chroma import Shards, WritePacer, memories_from, owner_where, shard_of
 from proxy.memory.forget_fence import ForgetLog
 from proxy.memory.history import HistoryEvent, MemoryHistory
+from proxy.memory.indexes import OwnerIndexes
 from proxy.memory.listing import Condition, matches, page
 from proxy.memory.model import (
     Candidates,
@@ -80,7 +82,6 @@ class ChromaStore:
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
         self._settings = settings
-        self._dimension = dimension
         try:
             if settings.chroma_host:
                 self._client = chromadb.HttpClient(
@@ -116,6 +117,10 @@ class ChromaStore:
             settings, self._shards.count,
             self._snapshots.evicted if self._snapshots is not None else None,
         )
+        self._indexes = OwnerIndexes(
+            settings, dimension, self._shards, self._max_batch, self._cache, self._snapshots,
+            self.replicas,
+        )
         self._writes = threading.RLock()
         self._forgets = ForgetLog(shared=self.replicas)
 
@@ -137,50 +142,7 @@ class ChromaStore:
     # -- cache -----------------------------------------------------------------
     def _load(self, owner: Owner) -> UserIndex | None:
         """The owner's index, from cache or Chroma; None when too large to cache."""
-        shard = self._shards.of(owner)
-        if self.replicas is not None and self.replicas.stale(owner):
-            self._cache.changed(owner, shard, None)  # another replica wrote: reload
-        index, too_large, writes = self._cache.lookup(owner, shard)
-        if index is not None or too_large:
-            return index
-        snapshots = self._snapshots
-        generation = snapshots.generation(owner) if snapshots is not None else 0
-        if snapshots is not None:
-            index = snapshots.load(owner, self._cache.analyzer)
-            if index is not None:
-                self._cache.remember(owner, index, shard, writes)
-                return index
-        got = self._shards.collection_at(shard).get(
-            where=owner_where(owner), include=["embeddings", "documents", "metadatas"]
-        )
-        ids = got["ids"]
-        if len(ids) > self._settings.cache_max_user_records:
-            self._cache.too_large(owner)
-            return None
-        embeddings = got["embeddings"]
-        matrix = (
-            np.asarray(embeddings, dtype=np.float32)
-            if len(ids)
-            else np.zeros((0, self._dimension), dtype=np.float32)
-        )
-        index = UserIndex.build(memories_from(got), matrix, self._cache.analyzer)
-        if self._cache.remember(owner, index, shard, writes) and snapshots is not None:
-            snapshots.save_later(owner, index, generation)
-        return index
-
-    def _writing(self, owners: Iterable[Owner]) -> None:
-        """Before a Chroma write: the owners' snapshots go (a crash must not leave them)."""
-        if self._snapshots is not None:
-            for owner in set(owners):
-                self._snapshots.drop(owner)
-
-    def _changed(self, owner: Owner, change: Callable[[UserIndex], None] | None = None) -> None:
-        """After a Chroma write: invalidate racing loads; apply ``change`` to a cached index."""
-        self._cache.changed(owner, self._shards.of(owner), change)
-        if self._snapshots is not None:
-            self._snapshots.drop(owner)  # again: a snapshot taken during the write is refused
-        if self.replicas is not None:
-            self.replicas.wrote(owner)  # other replicas' next read of the owner reloads
+        return self._indexes.load(owner)
 
     def _read(self, work: Any, *args: Any) -> Any:
         try:
@@ -209,66 +171,11 @@ class ChromaStore:
                 return
             memories = [memories[i] for i in rows]
             vectors = np.asarray(vectors, dtype=np.float32)[rows]
-            self._write_records(memories, vectors, upsert=False)
+            self._indexes.write_records(memories, vectors, upsert=False)
             self.history.record(
                 HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
                 for m in memories
             )
-
-    def _write_records(self, memories: Sequence[Memory], vectors: np.ndarray, upsert: bool) -> None:
-        # One Chroma call per shard (split at Chroma's batch limit), not one per owner: each
-        # call has a fixed cost of several ms, which dominates bulk writes of many owners.
-        by_shard: dict[int, list[int]] = {}
-        for i, memory in enumerate(memories):
-            by_shard.setdefault(self._shards.of(memory.owner), []).append(i)
-        try:
-            for shard, rows in by_shard.items():
-                collection = self._shards.collection_at(shard)
-                write = collection.upsert if upsert else collection.add
-                for start in range(0, len(rows), self._max_batch):
-                    part = rows[start : start + self._max_batch]
-                    chunk = [memories[i] for i in part]
-                    self._writing(m.owner for m in chunk)
-                    write(
-                        ids=[m.id for m in chunk],
-                        embeddings=vectors[part],
-                        documents=[m.text for m in chunk],
-                        metadatas=[m.record_metadata() for m in chunk],
-                    )
-                    self._cache_written(chunk, vectors[part], upsert)
-        except Exception as exc:
-            raise MemoryUnavailable(f"store write failed: {exc}") from exc
-
-    def _cache_written(
-        self, memories: Sequence[Memory], vectors: np.ndarray, upsert: bool
-    ) -> None:
-        by_owner: dict[Owner, list[int]] = {}
-        for i, memory in enumerate(memories):
-            by_owner.setdefault(memory.owner, []).append(i)
-        for owner, rows in by_owner.items():
-            def change(index: UserIndex, rows: list[int] = rows) -> None:
-                if not upsert:  # new ids: appended without looking for them
-                    index.append([memories[i] for i in rows], vectors[rows])
-                    return
-                for i in rows:
-                    index.put(memories[i], vectors[i])
-            self._changed(owner, change)
-
-    def _rewrite(self, memory: Memory, vector: np.ndarray | None) -> None:
-        """Store a changed memory (same id, same owner); its vector only when given."""
-        try:
-            kwargs: dict[str, Any] = {}
-            if vector is not None:
-                # Documents only with their vectors: Chroma would embed a lone document itself.
-                kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-                kwargs["documents"] = [memory.text]
-            self._writing([memory.owner])
-            self._shards.collection(memory.owner).update(
-                ids=[memory.id], metadatas=[memory.record_metadata(for_update=True)], **kwargs
-            )
-        except Exception as exc:
-            raise MemoryUnavailable(f"store write failed: {exc}") from exc
-        self._changed(memory.owner, lambda index: index.put(memory, vector))
 
     def update(
         self,
@@ -294,7 +201,9 @@ class ChromaStore:
             )
             if self._too_large(changed):
                 return None
-            self._rewrite(changed, vector if text is not None and text != current.text else None)
+            self._indexes.rewrite(
+                changed, vector if text is not None and text != current.text else None
+            )
             self.history.record([HistoryEvent(
                 memory_id, current.tenant, current.user_id, "UPDATE", current.text,
                 changed.text, changed.updated_at, actor,
@@ -315,7 +224,7 @@ class ChromaStore:
                 self.add([new], np.asarray(vector, dtype=np.float32).reshape(1, -1), actor=actor)
             now = time.time()
             marked = replace(old, superseded_by=new.id, valid_to=now, updated_at=now)
-            self._rewrite(marked, None)
+            self._indexes.rewrite(marked, None)
             self.history.record([HistoryEvent(
                 old.id, old.tenant, old.user_id, "SUPERSEDE", old.text, new.text, now, actor
             )])
@@ -328,11 +237,11 @@ class ChromaStore:
             if memory is None or self._refused(memory.owner):
                 return None
             try:
-                self._writing([memory.owner])
+                self._indexes.writing([memory.owner])
                 self._shards.collection(memory.owner).delete(ids=[memory_id])
             except Exception as exc:
                 raise MemoryUnavailable(f"store write failed: {exc}") from exc
-            self._changed(memory.owner, lambda index: index.remove([memory_id]))
+            self._indexes.changed(memory.owner, lambda index: index.remove([memory_id]))
             self.history.record([HistoryEvent(
                 memory_id, memory.tenant, memory.user_id, "DELETE", memory.text, None,
                 time.time(), actor,
@@ -348,14 +257,14 @@ class ChromaStore:
         with self._writes:
             self._forgets.forgot(owner)
             try:
-                self._writing([owner])
+                self._indexes.writing([owner])
                 collection = self._shards.collection(owner)
                 ids = collection.get(where=owner_where(owner), include=[])["ids"]
                 for start in range(0, len(ids), self._max_batch):
                     collection.delete(ids=ids[start : start + self._max_batch])
             except Exception as exc:
                 raise MemoryUnavailable(f"store write failed: {exc}") from exc
-            self._changed(owner)
+            self._indexes.changed(owner)
             self._cache.too_large(owner, False)
             return {"memories": len(ids), "history": self.history.delete_owner(tenant, user_id)}
 
@@ -376,7 +285,9 @@ class ChromaStore:
             had_history = {event.memory_id for event in history}
             had_history |= set(self.history.owners([m.id for m in memories]))
             if memories:
-                self._write_records(memories, np.asarray(vectors, dtype=np.float32), upsert=True)
+                self._indexes.write_records(
+                    memories, np.asarray(vectors, dtype=np.float32), upsert=True
+                )
             self.history.record([
                 *history,
                 *(HistoryEvent(m.id, m.tenant, m.user_id, "ADD", None, m.text, m.created_at, actor)
