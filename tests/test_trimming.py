@@ -6,6 +6,7 @@ import numpy as np
 
 from proxy.memory.conversation import StableBlocks, conversation_key
 from proxy.memory.model import Memory, ScoredMemory
+from proxy.memory.ranking import RankingParams
 from proxy.memory.trimming import Turn, TurnRecall, plan_trim
 
 
@@ -83,6 +84,33 @@ def test_recall_uses_dense_vectors_once_embedded_and_respects_budget() -> None:
     query = np.array([0.0, 1.0, 0.6], dtype=np.float32)
     assert recall.recall(dropped, "unrelated words", query, budget_tokens=50) == [1]
     assert recall.recall(dropped, "unrelated words", query, budget_tokens=100) == [1, 2]
+
+
+def test_recall_ranks_like_memories_a_question_lifts_its_answer() -> None:
+    """The answer often shares no word with the question; said right after a strong hit
+    (here a turn that only asks, itself damped), it is lifted above a closer stranger."""
+    dropped = [
+        Turn("assistant", "Did you ever visit Lisbon?", 10),
+        Turn("user", "Yes, I loved the trams and the custard tarts there!", 10),
+        Turn("user", "My favourite pasta is carbonara", 10),
+    ]
+    recall = TurnRecall()
+    recall.remember_vectors([t.text for t in dropped], np.array(
+        [[0.9, 0.436, 0.0], [0.3, 0.0, 0.954], [0.35, 0.937, 0.0]], dtype=np.float32))
+    query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    assert recall.recall(dropped, "what did I think of Lisbon?", query, 20) == [0, 1]
+    # Without the lift (neighbour_weight 0) the closer stranger wins the second place.
+    plain = RankingParams(neighbour_weight=0.0)
+    assert recall.recall(dropped, "what did I think of Lisbon?", query, 20, params=plain) == [0, 2]
+
+
+def test_recall_skips_turns_already_in_the_request_as_memories() -> None:
+    dropped = [Turn("user", "My dog Biscuit is a beagle", 8),
+               Turn("user", "Biscuit hates the rain", 6)]
+    recall = TurnRecall()
+    assert recall.recall(dropped, "tell me about Biscuit", None, 100) == [0, 1]
+    present = frozenset({"My dog Biscuit is a beagle"})
+    assert recall.recall(dropped, "tell me about Biscuit", None, 100, present=present) == [1]
 
 
 def test_recall_extends_a_conversations_keyword_index_as_the_cut_moves() -> None:

@@ -28,6 +28,7 @@ from proxy.gateway.forwarding import HISTORY_BUDGET_HEADER
 from proxy.memory.conversation import Placement, StableBlocks, conversation_key
 from proxy.memory.embedding import Embedder
 from proxy.memory.model import Memory, ScoredMemory
+from proxy.memory.retrieval import ranking_params
 from proxy.memory.store import MemoryStore
 from proxy.memory.trimming import TrimPlan, Turn, TurnRecall, plan_trim
 
@@ -80,6 +81,8 @@ class RequestShaper:
     def __init__(self, settings: Settings, store: MemoryStore | None,
                  embedder: Embedder | None):
         self._settings = settings.conversation
+        # Left-out turns are ranked the way memories are (fusion, neighbour lift, damping).
+        self._ranking = ranking_params(settings.retrieval, include_superseded=False)
         self._store = store
         self._embedder = embedder
         self.blocks = StableBlocks(self._settings.conversations_kept)
@@ -125,8 +128,10 @@ class RequestShaper:
         if plan.trimmed:
             dropped = list(turns[plan.start:plan.end])
             vector = self._query_vector(query)
+            present = frozenset(m.memory.text for m in (*placement.stable, *placement.late))
             chosen = self.recall.recall(dropped, query, vector,
-                                        int(budget * settings.recall_share), conversation=key)
+                                        int(budget * settings.recall_share), conversation=key,
+                                        params=self._ranking, present=present)
             shaped.recalled = [dropped[i] for i in chosen]
             self._embed_later(dropped)
         return shaped

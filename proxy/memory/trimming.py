@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from proxy.memory.keyword import KeywordIndex
+from proxy.memory.keyword import KeywordIndex, asks_only
 from proxy.memory.markup import neutralise_markup
-from proxy.memory.ranking import minmax
+from proxy.memory.ranking import RankingParams, rank_memories
 
 LEADING_ROLES = ("system", "developer")
 
@@ -115,6 +115,7 @@ def _digest(text: str) -> bytes:
 class _Indexed:
     digests: list[bytes]
     index: KeywordIndex
+    asks: list[bool]  # turn i only asks (keyword.asks_only)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -167,9 +168,10 @@ class TurnRecall:
                 if known <= len(digests) and entry.digests == digests[:known]:
                     if known < len(digests):
                         entry.index.add([turn.text for turn in turns[known:]])
+                        entry.asks += [asks_only(turn.text) for turn in turns[known:]]
                         entry.digests = digests
                     return entry
-        entry = _Indexed(digests, KeywordIndex())
+        entry = _Indexed(digests, KeywordIndex(), [asks_only(turn.text) for turn in turns])
         entry.index.add([turn.text for turn in turns])
         with self._lock:
             self._indexes[conversation] = entry
@@ -186,14 +188,22 @@ class TurnRecall:
         *,
         conversation: str = "",
         top_k: int | None = None,
-        keyword_weight: float = 0.5,
+        params: RankingParams | None = None,
+        present: frozenset[str] = frozenset(),
     ) -> list[int]:
-        """Indexes into ``dropped`` of the turns to bring back, in conversation order."""
+        """Indexes into ``dropped`` of the turns to bring back, in conversation order.
+
+        Ranked like memories (proxy/memory/ranking.py with ``params``, the retrieval's): the
+        keyword and dense scores fused, a strong hit lifting the turns said just before and
+        after it, a turn that only asks damped. Turns whose text is already in the request
+        (``present``: the memories injected with it) are not brought back twice.
+        """
         if not dropped or not query or budget_tokens <= 0:
             return []
         indexed = self._keyword_index(dropped, conversation)
         with indexed.lock:
             keyword = indexed.index.scores(query)
+            asks = np.array(indexed.asks, dtype=bool)
         dense = np.zeros(len(dropped), dtype=np.float32)
         embedded = np.zeros(len(dropped), dtype=bool)
         if query_vector is not None:
@@ -204,16 +214,22 @@ class TurnRecall:
                         dense[i] = float(vector @ query_vector)
                         embedded[i] = True
         evidence = (keyword > 0) | (embedded & (dense > 0.2))
+        if present:
+            evidence &= np.array([turn.text not in present for turn in dropped], dtype=bool)
         if not evidence.any():
             return []
-        fused = keyword_weight * minmax(keyword, evidence)
-        if embedded.any():
-            fused = fused + (1 - keyword_weight) * minmax(dense, evidence & embedded)
-        fused = np.where(evidence, fused, -1.0)
+        if embedded.any():  # a turn not embedded yet has no dense share: the lowest there is
+            dense[~embedded] = dense[evidence & embedded].min() if (evidence & embedded).any() \
+                else 0.0
+        last = len(dropped) - 1
+        ranked = rank_memories(
+            dense, keyword, len(dropped), params or RankingParams(), eligible=evidence,
+            neighbours=lambda i: [j for j in (i - 1, i + 1) if 0 <= j <= last], asks=asks,
+        )
         chosen: list[int] = []
         used = 0
-        for i in np.argsort(-fused, kind="stable"):
-            if fused[i] < 0 or (top_k is not None and len(chosen) >= top_k):
+        for i in ranked.indices:  # the eligible turns, best first
+            if top_k is not None and len(chosen) >= top_k:
                 break
             cost = dropped[int(i)].tokens
             if used + cost > budget_tokens:
