@@ -211,6 +211,34 @@ def question_rows(run: Run, talk: Talk, budget: int) -> list[dict[str, Any]]:
     return rows
 
 
+def measure(
+    talks: list[Talk], embedder: Any, extra: dict[str, Any], budget_tokens: int, replay: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[float]], dict[str, int]]:
+    """The three configurations, one after the other, against one fake upstream."""
+    with FakeUpstream() as fake:
+        configs = {
+            "per-turn block (before)": ({"conversation.stable_block": False}, 0),
+            "stable block": ({}, 0),
+            f"stable block + trimming at {budget_tokens}": ({}, budget_tokens),
+        }
+        reuse: dict[str, list[float]] = {}
+        degraded: dict[str, int] = {}
+        questions: list[dict[str, Any]] = []
+        for name, (overrides, budget) in configs.items():
+            run = Run(fake, embedder, {**extra, **overrides})
+            try:
+                reuse[name] = []
+                for talk in talks:
+                    run.store(talk)
+                    reuse[name] += replay_reuse(run, talk, replay, budget)
+                    if budget:
+                        questions += question_rows(run, talk, budget)
+            finally:
+                degraded[name] = run.degraded
+                run.close()
+    return questions, reuse, degraded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,27 +259,14 @@ def main() -> None:
                                "source": str(args.locomo or SYNTHETIC.name)}
     # The real model, exported to ONNX once into bench/results (git-ignored).
     embedder = open_embedder(EmbeddingSettings(), Path(__file__).resolve().parent / "results")
-    with FakeUpstream() as fake:
-        configs = {
-            "per-turn block (before)": ({"conversation.stable_block": False}, 0),
-            "stable block": ({}, 0),
-            f"stable block + trimming at {args.budget}": ({}, args.budget),
-        }
-        reuse: dict[str, list[float]] = {}
-        degraded: dict[str, int] = {}
-        questions: list[dict[str, Any]] = []
-        for name, (overrides, budget) in configs.items():
-            run = Run(fake, embedder, {**extra, **overrides})
-            try:
-                reuse[name] = []
-                for talk in talks:
-                    run.store(talk)
-                    reuse[name] += replay_reuse(run, talk, args.replay, budget)
-                    if budget:
-                        questions += question_rows(run, talk, budget)
-            finally:
-                degraded[name] = run.degraded
-                run.close()
+    try:
+        questions, reuse, degraded = measure(talks, embedder, extra, args.budget, args.replay)
+    finally:
+        # Its inference threads finish what is queued (turns embedded in the background) and
+        # stop: an interpreter exiting under a running ONNX call aborts the process.
+        close = getattr(embedder, "close", None)
+        if close is not None:
+            close()
     seconds = time.perf_counter() - started
     summary = {
         "prefix_reuse": {name: {"median": float(np.median(v)) * 100 if v else None,
