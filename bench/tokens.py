@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ from fake_upstream import FakeUpstream  # noqa: E402
 
 from proxy.config import EmbeddingSettings  # noqa: E402
 from proxy.memory.embedding import open_embedder  # noqa: E402
+from proxy.memory.injection import (  # noqa: E402
+    BLOCK_CLOSE,
+    BLOCK_OPEN,
+    RECALLED_CLOSE,
+    RECALLED_OPEN,
+)
 from proxy.memory.markup import neutralise_markup  # noqa: E402
 from proxy.memory.tokens import estimate_tokens  # noqa: E402
 
@@ -141,6 +148,24 @@ def covered(text: str, haystack: str, plain: str) -> bool:
     return neutralise_markup(text) in haystack or " ".join(text.split()) in plain
 
 
+_SECTION = re.compile(
+    rf"{re.escape(RECALLED_OPEN)}.*?{re.escape(RECALLED_CLOSE)}"
+    rf"|{re.escape(BLOCK_OPEN)}.*?{re.escape(BLOCK_CLOSE)}", re.S)
+
+
+def sections(forwarded: list[dict[str, Any]]) -> dict[str, str]:
+    """The forwarded request's text by where memproxy put it: the kept history, recalled
+    (left-out) turns, injected memories; whitespace collapsed."""
+    parts: dict[str, list[str]] = {"history": [], "recalled": [], "memories": []}
+    for message in forwarded:
+        content = str(message.get("content") or "")
+        for found in _SECTION.finditer(content):
+            kind = "recalled" if found.group().startswith(RECALLED_OPEN) else "memories"
+            parts[kind].append(found.group())
+        parts["history"].append(_SECTION.sub(" ", content))
+    return {kind: " ".join(" ".join(texts).split()) for kind, texts in parts.items()}
+
+
 class Run:
     def __init__(self, fake: FakeUpstream, embedder: Any, overrides: dict[str, Any]):
         self.fake = fake
@@ -201,7 +226,12 @@ def question_rows(run: Run, talk: Talk, budget: int) -> list[dict[str, Any]]:
         naive_plain = " ".join(" ".join(m["content"].split()) for m in naive)
         injected = [m for m in forwarded if "<memories>" in str(m.get("content") or "")]
         texts = [talk.lines[by_key[key]].text for key in evidence]
+        where = sections(forwarded)
+        # Each evidence turn counted once, at the first place it is found.
+        found_in = [next((kind for kind, text in where.items() if covered(t, text, text)), None)
+                    for t in texts]
         rows.append({
+            **{f"in_{kind}": found_in.count(kind) / len(texts) for kind in where},
             "sent": count(sent), "forwarded": count(forwarded), "naive": count(naive),
             "injected": count(injected),
             "coverage": np.mean([covered(t, plain, plain) for t in texts]),
@@ -278,6 +308,8 @@ def main() -> None:
         "tokens_naive": int(sum(r["naive"] for r in questions)),
         "tokens_injected": int(sum(r["injected"] for r in questions)),
         "coverage": float(np.mean([r["coverage"] for r in questions])) * 100,
+        "coverage_by_place": {kind: float(np.mean([r[f"in_{kind}"] for r in questions])) * 100
+                              for kind in ("history", "recalled", "memories")},
         "naive_coverage": float(np.mean([r["naive_coverage"] for r in questions])) * 100,
         "degraded_requests": degraded,
         "seconds": seconds,
@@ -295,6 +327,9 @@ def main() -> None:
     ))
     print(f"(of which injected memory and recalled turns: {summary['tokens_injected']:,} tokens;"
           f" {summary['questions']} questions)")
+    by_place = summary["coverage_by_place"]
+    print("evidence turns found in the kept history {history:.1f} %, in recalled turns "
+          "{recalled:.1f} %, in injected memories {memories:.1f} %".format(**by_place))
     print(markdown_table(
         ["replayed growing chat", "prefix reuse, median", "mean", "pairs"],
         [[name, fmt(v["median"]), fmt(v["mean"]), str(v["n"])]
