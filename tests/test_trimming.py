@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from proxy.config import Settings
+from proxy.gateway.shaping import RequestShaper
 from proxy.memory.conversation import StableBlocks, conversation_key
 from proxy.memory.model import Memory, ScoredMemory
 from proxy.memory.ranking import RankingParams
-from proxy.memory.trimming import Turn, TurnRecall, plan_trim
+from proxy.memory.trimming import TrimPlan, Turn, TurnRecall, plan_trim
 
 
 def chat(exchanges: int, tokens: int = 100, system: bool = True) -> list[Turn]:
@@ -154,6 +156,26 @@ def test_an_empty_first_block_stays_empty_and_later_finds_go_late() -> None:
     blocks.place("k", [], lambda ids: {}, late_limit=4)
     later = blocks.place("k", [scored("a", "x")], lambda ids: {}, late_limit=4)
     assert later.kept and later.stable == [] and [s.memory.id for s in later.late] == ["a"]
+
+
+def test_by_default_every_memory_a_turn_found_is_in_the_request() -> None:
+    """The kept block holds the first turn's finds; a later turn's top_k (8 by default) all
+    go late when the block lacks them, not only the first few."""
+    top_k = Settings().retrieval.top_k
+    first = [scored(f"old{i}", f"old fact {i}") for i in range(top_k)]
+    later = [scored(f"new{i}", f"new fact {i}") for i in range(top_k)]
+
+    class Memories:  # the store's one read the placement makes: the kept memories unchanged
+        def get(self, memory_id: str) -> Memory | None:
+            return {s.memory.id: s.memory for s in first}.get(memory_id)
+
+    shaper = RequestShaper(Settings(), store=Memories(), embedder=None)  # type: ignore[arg-type]
+    opening = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+    shaper.shape("t", "u", None, opening, first, "hi", [], TrimPlan(), 0)
+    shaped = shaper.shape("t", "u", None, [*opening, {"role": "user", "content": "q"}], later,
+                          "q", [], TrimPlan(), 0)
+    assert shaped.kept and [s.memory.id for s in shaped.stable] == [f"old{i}" for i in range(top_k)]
+    assert [s.memory.id for s in shaped.late] == [f"new{i}" for i in range(top_k)]
 
 
 def test_conversation_key_by_session_or_opening_turns() -> None:
