@@ -15,7 +15,10 @@ the fake upstream (tests/fake_upstream.py, in this process, recording what reach
   the rendered prompt: what a provider's prompt cache can reuse). Measured for today's
   placement (``conversation.stable_block: false``: the block re-chosen every turn, right after
   the system prompt), the stable block, and the stable block with trimming at ``--budget``.
-- **questions**: each question is sent with the full history before it; on what reaches the
+- **questions** (``--settle S``: S seconds after the replay first, so the turns trimming
+  leaves out are embedded in the background, as in a chat that grew turn by turn; without
+  it they are asked at once, the first ones ranking most left-out turns by keywords alone):
+  each question is sent with the full history before it; on what reaches the
   upstream: tokens forwarded vs sent, injected tokens, and *evidence coverage* (share of the
   question's evidence turns whose text is in the forwarded request: kept history, recalled
   turns or injected memories), against the full history and naive truncation to the same
@@ -243,6 +246,7 @@ def question_rows(run: Run, talk: Talk, budget: int) -> list[dict[str, Any]]:
 
 def measure(
     talks: list[Talk], embedder: Any, extra: dict[str, Any], budget_tokens: int, replay: int,
+    settle: float = 0.0,
 ) -> tuple[list[dict[str, Any]], dict[str, list[float]], dict[str, int]]:
     """The three configurations, one after the other, against one fake upstream."""
     with FakeUpstream() as fake:
@@ -261,6 +265,8 @@ def measure(
                 for talk in talks:
                     run.store(talk)
                     reuse[name] += replay_reuse(run, talk, replay, budget)
+                    if budget and settle:
+                        time.sleep(settle)  # the left-out turns embedded in the background
                     if budget:
                         questions += question_rows(run, talk, budget)
             finally:
@@ -276,6 +282,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4000, help="history budget, tokens")
     parser.add_argument("--replay", type=int, default=30, help="exchanges replayed per talk")
     parser.add_argument("--conversations", type=int, default=0, help="first N only (0: all)")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                        help="wait after each replay before the questions, so the turns left "
+                             "out are embedded (as in a chat that grew turn by turn); 0: ask "
+                             "at once, as a client that just sent its whole history")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a proxy setting for every run, e.g. conversation.keep_last=8")
     args = parser.parse_args()
@@ -286,11 +296,13 @@ def main() -> None:
         talks = talks[: args.conversations]
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "budget": args.budget, "settings": extra,
+                               "settle_seconds": args.settle,
                                "source": str(args.locomo or SYNTHETIC.name)}
     # The real model, exported to ONNX once into bench/results (git-ignored).
     embedder = open_embedder(EmbeddingSettings(), Path(__file__).resolve().parent / "results")
     try:
-        questions, reuse, degraded = measure(talks, embedder, extra, args.budget, args.replay)
+        questions, reuse, degraded = measure(talks, embedder, extra, args.budget, args.replay,
+                                             args.settle)
     finally:
         # Its inference threads finish what is queued (turns embedded in the background) and
         # stop: an interpreter exiting under a running ONNX call aborts the process.

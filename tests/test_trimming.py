@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from proxy.config import Settings
@@ -176,6 +178,33 @@ def test_by_default_every_memory_a_turn_found_is_in_the_request() -> None:
                           "q", [], TrimPlan(), 0)
     assert shaped.kept and [s.memory.id for s in shaped.stable] == [f"old{i}" for i in range(top_k)]
     assert [s.memory.id for s in shaped.late] == [f"new{i}" for i in range(top_k)]
+
+
+def test_one_background_job_embeds_a_long_conversations_left_out_turns() -> None:
+    """A client sending a 1,000-turn history at once: all its left-out turns are embedded by
+    one job off the hot path (not a few hundred per request), so the next questions rank them
+    by meaning too."""
+
+    class Embedder:  # a stand-in model: a unit vector per text
+        dimension = 4
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            return np.tile(np.array([1.0, 0, 0, 0], dtype=np.float32), (len(texts), 1))
+
+    settings = Settings()
+    settings.conversation.history_budget = 500
+    shaper = RequestShaper(settings, store=None, embedder=Embedder())  # type: ignore[arg-type]
+    turns = [Turn("user" if i % 2 else "assistant", f"turn number {i} about topic {i % 37}", 12)
+             for i in range(1000)]
+    plan = shaper.plan(turns, 500)
+    assert plan.dropped > 900
+    shaper.shape("t", "u", None, [{"role": "user", "content": "q"}], [], "topic 5", turns,
+                 plan, 500)
+    dropped = turns[plan.start:plan.end]
+    deadline = time.monotonic() + 30
+    while shaper.recall.missing(dropped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shaper.recall.missing(dropped) == []
 
 
 def test_conversation_key_by_session_or_opening_turns() -> None:

@@ -37,8 +37,12 @@ log = logging.getLogger("memproxy.shaping")
 BUDGET_HEADER = HISTORY_BUDGET_HEADER
 TRIMMED_HEADER = "x-memory-trimmed"
 RECALLED_HEADER = "x-memory-recalled"
-EMBED_BATCH = 256  # left-out turns embedded per request, off the hot path …
-EMBED_PIECE = 8  # … this many per model call …
+# Left-out turns embedded per background job, off the hot path: a whole long conversation,
+# so its next questions rank every turn by meaning too (256 a job left most of a 1,000-turn
+# chat keyword-only for its first questions: REALTALK evidence coverage 63.1 %, 66+ % with
+# the turns embedded; README "Fewer tokens") …
+EMBED_BATCH = 4096
+EMBED_PIECE = 8  # … this many per model call (queued behind any chat's query) …
 EMBED_PAUSE = 0.005  # … with a breath between calls for the requests being served
 
 
@@ -158,8 +162,8 @@ class RequestShaper:
         def work() -> None:
             try:
                 texts = self.recall.missing(dropped)[:EMBED_BATCH]
-                # Small pieces, one after the other: the model's one inference thread is
-                # never held from a chat's query embedding for more than one piece.
+                # Small pieces, one after the other: a chat's query embedding never waits
+                # behind more than one piece (queries go first in the batcher's queue).
                 for start in range(0, len(texts), EMBED_PIECE):
                     piece = texts[start:start + EMBED_PIECE]
                     self.recall.remember_vectors(piece, embedder.embed(piece))
