@@ -4,7 +4,9 @@ deletes and forgets, and with a broken file."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +216,31 @@ def test_appends_into_spare_rows_keep_vectors_and_search_exact(
     best = store.search("ana", embedder.embed(["fact about Quito"])[0], 1)
     assert best[0].memory.text == "Ana noted one more fact about Quito."
     store.close()
+
+
+@pytest.mark.parametrize("snapshots", [True, False], ids=["from-snapshot", "from-chroma"])
+def test_chats_arriving_together_for_an_uncached_owner_share_one_load(
+    tmp_path: Path, embedder: HashingEmbedder, snapshots: bool,
+) -> None:
+    """After a restart, eight retrievals for the same owner at once: one reads the snapshot
+    (or Chroma), the others wait for it and get the very same index, instead of each reading
+    it again (eight reads of a large owner on two cores took them all past the timeout)."""
+    store = open_store(tmp_path, snapshots=snapshots)
+    texts = [f"Ana noted fact number {i} about topic {i % 97}." for i in range(3000)]
+    for start in range(0, len(texts), 1000):
+        add(store, embedder, texts[start:start + 1000])
+    store.count_user("ana")  # cached, so close writes the snapshot
+    store.close()
+
+    again = open_store(tmp_path, snapshots=snapshots)
+    together = threading.Barrier(8)
+
+    def load() -> object:
+        together.wait(timeout=10)
+        return again._load(OWNER)
+
+    with ThreadPoolExecutor(8) as pool:
+        indexes = list(pool.map(lambda _: load(), range(8)))
+    assert indexes[0] is not None and len(indexes[0].memories) == 3000  # type: ignore[attr-defined]
+    assert all(index is indexes[0] for index in indexes)
+    again.close()
