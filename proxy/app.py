@@ -129,6 +129,9 @@ def create_app(
             retriever = Retriever(opened_embedder, opened_store, settings.retrieval)
             if isinstance(opened_store, ChromaStore) and opened_store.pacer is not None:
                 opened_store.pacer.contended = retriever.activity.busy
+            if isinstance(opened_store, ChromaStore) and opened_store.journal is not None:
+                journal = opened_store.journal
+                metrics.gauges["memproxy_store_journal_pending"] = lambda: journal.pending
             extractor = Extractor(settings, opened_embedder, opened_store)
             # Before "ready": the first chat is not the one that pays for cold code paths.
             await anyio.to_thread.run_sync(warm_up, retriever)

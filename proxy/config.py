@@ -139,6 +139,9 @@ class StoreSettings(_Section):
     # Embedded Chroma holds the interpreter while it writes: writes go one at a time and may
     # hold it at most this share of the time (each rests as long as it ran at 0.5); 1: no rest.
     write_busy_share: float = Field(default=0.5, gt=0, le=1)
+    # Embedded Chroma, one replica: writes are journaled in the data dir and applied behind
+    # the caller, many to a Chroma call (proxy/memory/journal.py); false: each write waits.
+    write_behind: bool = True
 
 
 class RetrievalSettings(_Section):

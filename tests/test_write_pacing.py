@@ -74,12 +74,14 @@ def test_the_embedded_stores_collections_are_paced_and_still_read_and_write(
     try:
         memory = Memory("ann", "Ann keeps bees")
         store.add([memory], embedder.embed([memory.text]))
-        collection = store._shards.collection(memory.owner)
+        # Journaled writes reach Chroma through the paced collection.
+        collection = store._shards.direct_at(store._shards.of(memory.owner))
         assert isinstance(collection, PacedCollection)
+        store._shards.collection(memory.owner).count()  # a read waits for the journal
         assert collection.count() == 1  # reads pass through
         hits = store.search("ann", embedder.embed(["bees"])[0], 3)
         assert [hit.memory.text for hit in hits] == ["Ann keeps bees"]
         assert store.delete(memory.id)
-        assert collection.count() == 0
+        assert store._shards.collection(memory.owner).count() == 0
     finally:
         store.close()

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from proxy.gateway.identity import DEFAULT_TENANT
+from proxy.memory.journal import WRITES, JournaledCollection, WriteJournal
 from proxy.memory.model import Memory, Owner, owner_key
 
 log = logging.getLogger("memproxy.store")
 
 LAYOUT_COLLECTION = "memproxy_layout"
-WRITES = ("add", "upsert", "update", "delete")
 T = TypeVar("T")
 
 
@@ -102,13 +102,17 @@ class Shards:
         self._client = client
         self.count = stored_shards(client, wanted)
         self._collections: dict[int, Any] = {}
+        self._direct: dict[int, Any] = {}
         self._pacer = pacer
+        # Set by the store: writes go through the journal (proxy/memory/journal.py).
+        self.journal: WriteJournal | None = None
 
     def of(self, owner: Owner) -> int:
         return shard_of(owner[1], self.count, owner[0])
 
-    def collection_at(self, shard: int) -> Any:
-        found = self._collections.get(shard)
+    def direct_at(self, shard: int) -> Any:
+        """The shard's collection, written straight to Chroma (paced), not journaled."""
+        found = self._direct.get(shard)
         if found is None:
             found = self._client.get_or_create_collection(
                 f"memories_{shard:04d}",
@@ -117,6 +121,15 @@ class Shards:
             )
             if self._pacer is not None:
                 found = PacedCollection(found, self._pacer)
+            self._direct[shard] = found
+        return found
+
+    def collection_at(self, shard: int) -> Any:
+        found = self._collections.get(shard)
+        if found is None:
+            found = self.direct_at(shard)
+            if self.journal is not None:
+                found = JournaledCollection(found, shard, self.journal)
             self._collections[shard] = found
         return found
 
@@ -124,7 +137,10 @@ class Shards:
         return self.collection_at(self.of(owner))
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         self._collections.clear()
+        self._direct.clear()
 
 
 def owner_where(owner: Owner) -> dict[str, Any]:

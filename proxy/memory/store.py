@@ -41,6 +41,7 @@ from proxy.memory.chroma import Shards, WritePacer, memories_from, owner_where, 
 from proxy.memory.forget_fence import ForgetLog
 from proxy.memory.history import HistoryEvent, MemoryHistory
 from proxy.memory.indexes import OwnerIndexes
+from proxy.memory.journal import JOURNAL_FILENAME, WriteJournal
 from proxy.memory.listing import Condition, matches, page
 from proxy.memory.model import (
     Candidates,
@@ -107,12 +108,23 @@ class ChromaStore:
             raise
         except Exception as exc:
             raise MemoryUnavailable(f"cannot open the Chroma store: {exc}") from exc
+        only_writer = not settings.chroma_host and self.replicas is None
         # Fast cold loads (proxy/memory/snapshot.py): this process is the only writer.
         self._snapshots = (
             Snapshots(data_dir / "snapshots", dimension)
-            if settings.snapshots and not settings.chroma_host and self.replicas is None
-            else None
+            if settings.snapshots and only_writer else None
         )
+        # Writes many to a Chroma call, behind the caller (proxy/memory/journal.py).
+        self.journal = None
+        if settings.write_behind and only_writer:
+            try:
+                self.journal = WriteJournal(
+                    data_dir / JOURNAL_FILENAME, self._shards.direct_at,
+                    max_batch=self._max_batch, dimension=dimension, refused=self._write_refused,
+                )
+            except Exception as exc:
+                raise MemoryUnavailable(f"cannot open the write journal: {exc}") from exc
+            self._shards.journal = self.journal
         self._cache = OwnerCache(
             settings, self._shards.count,
             self._snapshots.evicted if self._snapshots is not None else None,
@@ -131,6 +143,11 @@ class ChromaStore:
         if problem is not None:
             log.warning("dropped a memory that is too large: it %s", problem)
         return problem is not None
+
+    def _write_refused(self, shard: int, ids: list[str]) -> None:
+        """The journal dropped a write Chroma refused: cached owners reload what Chroma has."""
+        for owner in set(self.history.owners(ids).values()):
+            self._cache.changed(owner, shard, None)
 
     def _refused(self, owner: Owner) -> bool:
         """Under ``_writes``: a write for an owner forgotten since the work behind it began."""
@@ -262,6 +279,8 @@ class ChromaStore:
                 ids = collection.get(where=owner_where(owner), include=[])["ids"]
                 for start in range(0, len(ids), self._max_batch):
                     collection.delete(ids=ids[start : start + self._max_batch])
+                if self.journal is not None:  # forgotten in Chroma, and out of the journal
+                    self.journal.flush()
             except Exception as exc:
                 raise MemoryUnavailable(f"store write failed: {exc}") from exc
             self._indexes.changed(owner)
