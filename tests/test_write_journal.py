@@ -28,6 +28,7 @@ from proxy.memory.store import ChromaStore, Memory
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDER = HashingEmbedder()
 DIM = EMBEDDER.dimension
+ENTERED = threading.Event()  # the journal's thread has made a call
 
 
 class GatedCollection:
@@ -42,6 +43,7 @@ class GatedCollection:
         self._failures = failures
 
     def _write(self, method: str, ids: list[str], **kwargs: Any) -> None:
+        ENTERED.set()
         self._gate.wait(10)
         if self._failures[0] > 0:
             self._failures[0] -= 1
@@ -63,19 +65,21 @@ class GatedCollection:
         self._write("delete", ids, **kwargs)
 
 
-def gated_journal(tmp_path: Path, failures: int = 0) -> tuple[
+def gated_journal(tmp_path: Path, failures: int = 0, contended: bool = False) -> tuple[
     WriteJournal, list[tuple[int, str, list[str]]], threading.Event
 ]:
     calls: list[tuple[int, str, list[str]]] = []
     gate = threading.Event()
+    ENTERED.clear()
     count = [failures]
     collections: dict[int, GatedCollection] = {}
 
     def direct(shard: int) -> GatedCollection:
         return collections.setdefault(shard, GatedCollection(calls, shard, gate, count))
 
-    return WriteJournal(tmp_path / JOURNAL_FILENAME, direct, max_batch=100, dimension=DIM), \
-        calls, gate
+    journal = WriteJournal(tmp_path / JOURNAL_FILENAME, direct, max_batch=100, dimension=DIM,
+                           contended=lambda: contended)
+    return journal, calls, gate
 
 
 def add(journal: WriteJournal, shard: int, *ids: str) -> None:
@@ -87,7 +91,7 @@ def test_writes_queued_behind_a_slow_one_go_as_few_calls_in_order(tmp_path: Path
     journal, calls, gate = gated_journal(tmp_path)
     try:
         add(journal, 0, "first")
-        time.sleep(0.05)  # the journal's thread is now inside the first call, held by the gate
+        assert ENTERED.wait(5)  # the journal's thread is inside the first call, held by the gate
         add(journal, 0, "a")
         add(journal, 1, "b")
         journal.append(0, "update", ["first"], metadatas=[{"owner": "o", "n": 1}])
@@ -113,6 +117,29 @@ def test_writes_queued_behind_a_slow_one_go_as_few_calls_in_order(tmp_path: Path
         journal.close()
     with sqlite3.connect(tmp_path / JOURNAL_FILENAME) as db:
         assert db.execute("SELECT count(*) FROM writes").fetchone()[0] == 0  # all applied
+
+
+def test_one_at_a_time_adds_share_calls_and_calls_stay_small_while_chats_are_served(
+    tmp_path: Path,
+) -> None:
+    journal, calls, gate = gated_journal(tmp_path)
+    gate.set()
+    try:
+        for n in range(10):  # well within the 50 ms window
+            add(journal, 0, f"one {n}")
+        journal.flush()
+        assert len(calls) <= 3 and sum(len(ids) for _, _, ids in calls) == 10
+    finally:
+        journal.close()
+    journal, calls, gate = gated_journal(tmp_path / "contended", contended=True)
+    gate.set()
+    try:
+        add(journal, 2, *(f"bulk {n}" for n in range(40)))
+        journal.flush()
+        assert [len(ids) for _, _, ids in calls] == [16, 16, 8]
+        assert [i for _, _, ids in calls for i in ids] == [f"bulk {n}" for n in range(40)]
+    finally:
+        journal.close()
 
 
 def test_a_read_waits_for_the_writes_of_its_shard_only(tmp_path: Path) -> None:

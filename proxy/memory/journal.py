@@ -1,17 +1,18 @@
 """The write journal: embedded Chroma's writes accepted at once, applied behind, in batches.
 
-An embedded Chroma write costs ~7 ms for one record and holds the interpreter meanwhile
-(proxy/memory/chroma.py ``WritePacer``), while ten records in one call cost ~11 ms and a
-hundred ~60 ms. So a write of a shard's collection (add, upsert, update, delete) is not sent
-to Chroma by the caller:
+An embedded Chroma write holds the interpreter while it runs (proxy/memory/chroma.py
+``WritePacer``) and costs ~4 ms plus ~1 ms a record at 10k records: 5 ms for one record, 17 ms
+for sixteen in one call. So a write of a shard's collection (add, upsert, update, delete) is
+not sent to Chroma by the caller:
 
 - It is appended to a SQLite file (``data_dir/chroma-journal.sqlite``: WAL, ``synchronous =
   NORMAL``, the state database's own durability) and to a queue in memory, and the caller
-  goes on. The store has already put the change in its cached index (proxy/memory/indexes.py).
-- One thread applies the queue in order: each shard's writes of one kind go as one Chroma
-  call (a write joins an earlier call when no write between them touches its ids), through
-  the pacer; then the rows applied leave the file (``secure_delete``: their text is
-  overwritten, a forgotten user's included).
+  goes on; the store then puts the change in its cached index (proxy/memory/indexes.py).
+- One thread applies the queue in order, in rounds: a round starts when 16 records wait, the
+  oldest has waited 50 ms, or a reader waits. Each shard's writes of one kind go as one Chroma
+  call (a write joins an earlier call when no write between them touches its ids), at most 16
+  records a call while chats are served, through the pacer; then the rows applied leave the
+  file (``secure_delete``: their text is overwritten, a forgotten user's included).
 - A read of a shard's collection first waits until the writes appended to that shard before
   it are applied (``settle``): a reader never sees Chroma behind what the store wrote.
 - After a crash, what the file still holds is applied at the next start, before any read:
@@ -43,6 +44,14 @@ log = logging.getLogger("memproxy.store")
 WRITES = ("add", "upsert", "update", "delete")
 JOURNAL_FILENAME = "chroma-journal.sqlite"
 ROUND_RECORDS = 4096  # records applied per round at most (a reader waits for its round)
+# A round starts once this many records wait, or the oldest has waited WINDOW seconds, or a
+# reader waits: one-at-a-time adds then share calls instead of each paying Chroma's fixed cost.
+GATHER_RECORDS = 16
+WINDOW = 0.05
+# Records per Chroma call while ``contended`` (chats are being served): a call holds the
+# interpreter ~4 ms + ~1 ms a record at 10k records, so 16 hold it about as long as one
+# unbatched add used to at worst; otherwise up to Chroma's batch limit.
+CONTENDED_CALL = 16
 SETTLE_TIMEOUT = 30.0  # longest wait of a read for the writes before it
 MAX_BACKOFF = 30.0
 
@@ -80,6 +89,17 @@ def _encode(kwargs: dict[str, Any]) -> tuple[str, bytes | None]:
     return json.dumps(body), None if vectors is None else vectors.tobytes()
 
 
+def _pieces(write: _Write, size: int) -> list[_Write]:
+    """A write of more than ``size`` records as several (its ids are distinct)."""
+    if len(write.ids) <= size or len(set(write.ids)) != len(write.ids):
+        return [write]
+    return [
+        _Write(write.seq, write.shard, write.method, write.ids[start : start + size],
+               {k: v[start : start + size] for k, v in write.kwargs.items()})
+        for start in range(0, len(write.ids), size)
+    ]
+
+
 def _refusal(exc: BaseException) -> bool:
     """Chroma refused the write itself (bad input), as opposed to failing to do it."""
     code = getattr(exc, "code", None)
@@ -97,13 +117,15 @@ class WriteJournal:
     def __init__(
         self, path: Path, direct: Callable[[int], Any], *, max_batch: int,
         dimension: int, refused: Callable[[int, list[str]], None] = lambda shard, ids: None,
-        max_pending: int = 100_000,
+        contended: Callable[[], bool] = lambda: False, max_pending: int = 20_000,
     ):
         self._direct = direct
         self._max_batch = max(1, max_batch)
         self._dimension = dimension
         self._refused = refused
         self._max_pending = max_pending
+        self._contended = contended
+        self._readers = 0  # reads waiting in ``settle``: a round starts at once
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -191,7 +213,8 @@ class WriteJournal:
             self._queue.append(_Write(seq, shard, method, ids, kwargs))
             self._pending_records += len(ids)
             self._last_of_shard[shard] = seq
-            self._changed.notify_all()
+            if len(self._queue) == 1 or self._pending_records >= GATHER_RECORDS:
+                self._changed.notify_all()
 
     def settle(self, shard: int, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until every write appended to ``shard`` so far is in Chroma."""
@@ -200,13 +223,18 @@ class WriteJournal:
             if self._applied >= target:
                 return
             deadline = time.monotonic() + timeout
-            while self._applied < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
-                    raise MemoryUnavailable(
-                        f"writes to the store are not applied: {self._failure or 'closed'}"
-                    )
-                self._changed.wait(remaining)
+            self._readers += 1
+            self._changed.notify_all()
+            try:
+                while self._applied < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._thread.is_alive():
+                        raise MemoryUnavailable(
+                            f"writes to the store are not applied: {self._failure or 'closed'}"
+                        )
+                    self._changed.wait(remaining)
+            finally:
+                self._readers -= 1
 
     def flush(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until every write appended so far is in Chroma; then, if nothing else waits,
@@ -243,6 +271,13 @@ class WriteJournal:
                     self._changed.wait()
                 if not self._queue:
                     return  # closing, nothing left
+                gather_until = time.monotonic() + WINDOW
+                while (self._pending_records < GATHER_RECORDS and not self._readers
+                       and not self._closing):
+                    remaining = gather_until - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
                 records = 0
                 take = 0
                 for write in self._queue:
@@ -282,7 +317,8 @@ class WriteJournal:
                 self._changed.notify_all()
 
     def _apply(self, writes: list[_Write]) -> None:
-        for call in self._calls(writes):
+        limit = min(self._max_batch, CONTENDED_CALL) if self._contended() else self._max_batch
+        for call in self._calls(writes, limit):
             collection = self._direct(call.shard)
             try:
                 getattr(collection, call.method)(**call.arguments())
@@ -307,17 +343,17 @@ class WriteJournal:
                           call.method, len(write.ids), type(exc).__name__, exc)
                 self._refused(call.shard, write.ids)
 
-    def _calls(self, writes: list[_Write]) -> list[_Call]:
+    def _calls(self, writes: list[_Write], limit: int) -> list[_Call]:
         """The writes as Chroma calls: per shard in order, a write joining the latest call of
         its kind unless a call after that one touches one of its ids."""
         by_shard: dict[int, list[_Call]] = {}
-        for write in writes:
+        for write in (piece for whole in writes for piece in _pieces(whole, limit)):
             calls = by_shard.setdefault(write.shard, [])
             keys = frozenset(write.kwargs)
             target = None
             for call in reversed(calls):
                 if (call.method == write.method and call.keys == keys
-                        and len(call.ids) + len(write.ids) <= self._max_batch
+                        and len(call.ids) + len(write.ids) <= limit
                         and call.ids.isdisjoint(write.ids)):
                     target = call
                     break

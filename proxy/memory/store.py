@@ -121,6 +121,7 @@ class ChromaStore:
                 self.journal = WriteJournal(
                     data_dir / JOURNAL_FILENAME, self._shards.direct_at,
                     max_batch=self._max_batch, dimension=dimension, refused=self._write_refused,
+                    contended=self._contended,
                 )
             except Exception as exc:
                 raise MemoryUnavailable(f"cannot open the write journal: {exc}") from exc
@@ -143,6 +144,10 @@ class ChromaStore:
         if problem is not None:
             log.warning("dropped a memory that is too large: it %s", problem)
         return problem is not None
+
+    def _contended(self) -> bool:
+        """Chats are being served (the app sets the pacer's test); a CLI process has none."""
+        return self.pacer is not None and self.pacer.contended()
 
     def _write_refused(self, shard: int, ids: list[str]) -> None:
         """The journal dropped a write Chroma refused: cached owners reload what Chroma has."""
