@@ -48,6 +48,9 @@ def test_memories_and_users_commands(
     exported = tmp_path / "ann.jsonl"
     run("users", "export", "--user", "ann", "-o", str(exported))
     assert len(exported.read_text().splitlines()) == 3
+    assert "embedding" not in exported.read_text()
+    run("users", "export", "--user", "ann", "--vectors", "-o", str(exported))
+    assert all("embedding" in json.loads(line) for line in exported.read_text().splitlines())
     assert "3 memories" in run("users", "forget", "--user", "ann", "--yes")
     assert "no memories for user ann" in run("memories", "list", "--user", "ann")
     assert "imported 3 memories" in run("users", "import", str(exported), "--batch", "2")

@@ -3,12 +3,14 @@ filters, search ranking, history, export → import, the admin key, the OpenAPI 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fake_upstream import FakeUpstream
 from http_checks import assert_openai_error, injected_positions
@@ -207,7 +209,8 @@ def test_export_then_import_into_an_empty_data_dir_reproduces_the_user(
     imported = other.post("/v1/memories/import", content=exported.content,
                           headers={"content-type": "application/x-ndjson"})
     assert imported.status_code == 200, imported.text
-    assert imported.json() == {"object": "import.result", "imported": 2, "history": 5}
+    assert imported.json() == {"object": "import.result", "imported": 2, "history": 5,
+                               "embedded": 2}
     again = other.get("/v1/users/ann/export")
     assert [json.loads(line) for line in again.text.splitlines()] == lines
     # Twice: nothing changes. As a JSON array, into another user: a copy.
@@ -221,6 +224,57 @@ def test_export_then_import_into_an_empty_data_dir_reproduces_the_user(
     assert copied.json()["imported"] == 2
     listed = other.get("/v1/memories", params={"user_id": "carl"}).json()["data"]
     assert sorted(m["memory"] for m in listed) == ["Ann likes green tea", "Ann lives in Oslo"]
+
+
+def test_an_export_with_vectors_is_imported_without_embedding_under_the_same_model(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer], tmp_path: Path
+) -> None:
+    proxy = start_proxy()
+    api = client(proxy)
+    add(api, "ann", "Ann likes tea", "Ann lives in Oslo")
+    assert_openai_error(api.get("/v1/users/ann/export", params={"vectors": "maybe"}), 400)
+    exported = api.get("/v1/users/ann/export", params={"vectors": "true"})
+    lines = [json.loads(line) for line in exported.text.splitlines()]
+    assert all(line["embedding"]["model"] == "HashingEmbedder" for line in lines)
+    assert "embedding" not in api.get("/v1/users/ann/export").text  # only when asked
+    # The stored vector, not the text, is what the import uses: give "tea" the vector of
+    # "zebra stripes" and search finds it by the zebra.
+    embedder = proxy.app.state.services.embedder
+    zebra = embedder.embed(["zebra stripes"])[0].astype("<f4")
+    tea = next(line for line in lines if line["memory"] == "Ann likes tea")
+    tea["embedding"]["vector"] = base64.b64encode(zebra.tobytes()).decode()
+    body = "\n".join(json.dumps(line) for line in lines)
+
+    other = client(start_proxy(settings.model_copy(update={"data_dir": tmp_path / "fresh"})))
+    imported = other.post("/v1/memories/import", content=body)
+    assert imported.status_code == 200, imported.text
+    assert imported.json()["imported"] == 2 and imported.json()["embedded"] == 0
+    found = other.post("/v1/memories/search", json={"user_id": "ann", "query": "zebra stripes"})
+    assert found.json()["data"][0]["memory"] == "Ann likes tea"
+    assert other.get("/v1/users/ann/export").text == api.get("/v1/users/ann/export").text
+
+    # Another model's vector is not used: the text is embedded.
+    for line in lines:
+        line["embedding"]["model"] = "some-other-model"
+        line["user_id"], line["id"] = "bea", None
+    moved = other.post("/v1/memories/import", content="\n".join(json.dumps(x) for x in lines))
+    assert moved.json()["embedded"] == 2
+    stored = [json.loads(line) for line in other.get(
+        "/v1/users/bea/export", params={"vectors": "true"}).text.splitlines()]
+    tea_vector = next(base64.b64decode(line["embedding"]["vector"]) for line in stored
+                      if line["memory"] == "Ann likes tea")
+    expected = embedder.embed(["Ann likes tea"])[0]
+    assert np.allclose(np.frombuffer(tea_vector, "<f4"), expected, atol=1e-6)
+    # A vector that is not one: 400, nothing stored.
+    for bad in ("not base64!", base64.b64encode(b"abc").decode(),
+                base64.b64encode(np.array([np.nan, 1], "<f4").tobytes()).decode(),
+                base64.b64encode(np.zeros(4, "<f4").tobytes()).decode()):
+        record = {**lines[0], "user_id": "cid",
+                  "embedding": {"model": "HashingEmbedder", "vector": bad}}
+        assert_openai_error(other.post("/v1/memories/import", content=json.dumps(record)), 400)
+    assert_openai_error(other.post("/v1/memories/import", content=json.dumps(
+        {**lines[0], "user_id": "cid", "embedding": [1, 2]})), 400)
+    assert other.get("/v1/memories", params={"user_id": "cid"}).json()["data"] == []
 
 
 def test_forget_a_user_removes_memories_history_and_jobs(

@@ -276,15 +276,22 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
             "/v1/memories/import": {"post": _op(
                 "Import memories (JSON lines or an array, as exported)",
                 {"200": _json({"type": "object", "properties": {
-                    "imported": {"type": "integer"}, "history": {"type": "integer"}}})},
+                    "imported": {"type": "integer"}, "history": {"type": "integer"},
+                    "embedded": {"type": "integer", "description": "Texts embedded here (the "
+                                 "others came with a vector of this memproxy's model)"}}})},
                 "409", parameters=[user, tenant],
                 requestBody={"required": True, "content": {
                     "application/x-ndjson": {"schema": TEXT},
                     "application/json": {"schema": {"type": "array", "minItems": 1, "items": {
                         "type": "object", "description": "As exported: 'memory' (the text), "
-                        "'user_id' (here or in the query), 'id', times, metadata, history",
+                        "'user_id' (here or in the query), 'id', times, metadata, history, "
+                        "'embedding' (an export's vector, used under the same model)",
                         "anyOf": [{"required": ["memory"]}, {"required": ["text"]}],
-                        "properties": {"memory": TEXT, "text": TEXT}}}}}},
+                        "properties": {"memory": TEXT, "text": TEXT, "embedding": {
+                            "type": "object", "required": ["model", "vector"], "properties": {
+                                "model": TEXT, "vector": {
+                                    "type": "string", "format": "byte",
+                                    "description": "float32 little-endian, base64"}}}}}}}}},
             )},
             "/v1/memories/search": {"post": _op(
                 "Search a user's memories with the ranking the proxy injects with",
@@ -305,7 +312,10 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                 "get": _op("A memory's history", {"200": _json(history)}),
             },
             "/v1/users/{user_id}/export": {
-                "parameters": [user_path, tenant],
+                "parameters": [user_path, tenant, _query(
+                    "vectors", "Add each memory's stored vector ('embedding'): an import into "
+                    "a memproxy with the same model then embeds nothing",
+                    {"type": "boolean", "default": False})],
                 "get": _op("Export a user: JSON lines with metadata and history", {"200": {
                     "description": "One memory per line",
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}),

@@ -8,10 +8,17 @@ validates every record before writing any, then embeds and writes in batches; id
 metadata, supersede marks and history come back as they were, so an export imported into an
 empty data dir reproduces the user. Importing the same export twice changes nothing.
 An id that belongs to another owner is a 409: an import never overwrites someone else.
+
+``?vectors=true`` adds each memory's stored vector to its record (``embedding``: the model's
+name and the float32 vector in base64). An import into a memproxy running the same model uses
+it instead of embedding the text again — a migration then costs no model time; under another
+model (or none named) the text is embedded as always.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -21,7 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import strict_json
-from proxy.api.memories import MemoriesAPI, memory_id_problem, optional_id, read_raw
+from proxy.api.memories import (
+    MemoriesAPI,
+    bool_param,
+    memory_id_problem,
+    optional_id,
+    read_raw,
+)
 from proxy.config import StoreSettings
 from proxy.errors import Conflict, InvalidJSON, InvalidRequest
 from proxy.memory.history import EVENTS, HistoryEvent
@@ -32,8 +45,16 @@ from proxy.memory.store import Memory, MemoryStore
 EMBED_BATCH = 256
 
 
-def _gather(store: MemoryStore, tenant: str, user_id: str) -> list[dict[str, Any]]:
+def model_name(embedder: Any) -> str:
+    """What an exported vector says it was made by: the model and its precision."""
+    return str(getattr(embedder, "name", None) or type(embedder).__name__)
+
+
+def _gather(
+    store: MemoryStore, tenant: str, user_id: str, model: str | None
+) -> list[dict[str, Any]]:
     memories = store.all_memories(user_id, tenant=tenant)
+    vectors = store.vectors_of(user_id, tenant=tenant) if model is not None else {}
     trails: dict[str, list[dict[str, Any]]] = {}
     for event in store.history.of_owner(tenant, user_id):
         row = event.to_json()
@@ -41,6 +62,13 @@ def _gather(store: MemoryStore, tenant: str, user_id: str) -> list[dict[str, Any
             row.pop(owned)
         trails.setdefault(event.memory_id, []).append(row)
     records = [{**m.to_json(), "history": trails.pop(m.id, [])} for m in memories]
+    for record in records:
+        vector = vectors.get(record["id"])
+        if vector is not None:
+            record["embedding"] = {
+                "model": model,
+                "vector": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode(),
+            }
     records += [
         {"object": "memory.history", "id": memory_id, "tenant": tenant, "user_id": user_id,
          "history": rows}
@@ -54,7 +82,9 @@ async def export_user(api: MemoriesAPI, request: Request) -> Response:
     tenant, user_id = api.owner(
         scope, {**request.query_params, "user_id": request.path_params["user_id"]}
     )
-    records = await api.run(_gather, api.s.store, tenant, user_id)
+    with_vectors = bool_param(request.query_params.get("vectors", "false"), "vectors")
+    model = model_name(api.s.embedder) if with_vectors else None
+    records = await api.run(_gather, api.s.store, tenant, user_id, model)
 
     async def lines() -> AsyncIterator[bytes]:
         for record in records:
@@ -155,6 +185,29 @@ class _Record:
         return events
 
 
+def _vector(record: _Record, model: str, dimension: int) -> np.ndarray | None:
+    """The record's exported vector when this memproxy's model made it, else None."""
+    given = record.data.get("embedding")
+    if given is None:
+        return None
+    if (not isinstance(given, dict) or not isinstance(given.get("model"), str)
+            or not isinstance(given.get("vector"), str)):
+        record.fail("'embedding' must be an object with 'model' and 'vector' (base64) strings")
+    try:
+        raw = base64.b64decode(given["vector"], validate=True)
+    except (binascii.Error, ValueError):
+        record.fail("'embedding.vector' is not base64")
+    if len(raw) % 4:
+        record.fail("'embedding.vector' is not float32 values")
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else 0.0
+    if not norm > 0:
+        record.fail("'embedding.vector' must be finite and not all zero")
+    if given["model"] != model or len(vector) != dimension:
+        return None  # another model's: the text is embedded here
+    return vector / norm
+
+
 def _memory(record: _Record, owner: tuple[str, str]) -> Memory:
     data = record.data
     text = record.text("memory") or record.text("text")
@@ -192,6 +245,8 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
     max_id = api.s.settings.identity.max_id_length
     raw = await read_raw(request, api.s.settings.server.max_body_bytes)
     memories: list[Memory] = []
+    given: dict[str, np.ndarray] = {}  # exported vectors this memproxy's model made
+    model, dimension = model_name(api.s.embedder), api.s.embedder.dimension
     history: list[HistoryEvent] = []
     owner_of_id: dict[str, tuple[str, str]] = {}
     record_of_id: dict[str, int] = {}  # memory records only: one each
@@ -215,6 +270,9 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
         if kind == "memory":
             memory = _memory(record, owner)
             memories.append(memory)
+            vector = _vector(record, model, dimension)
+            if vector is not None:
+                given[memory.id] = vector
             memory_id = memory.id
             first = record_of_id.setdefault(memory_id, where)
             if first != where:
@@ -233,9 +291,19 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
         raise Conflict(f"ids already used by another user: {', '.join(taken[:10])}", param="id")
     # A memory already imported keeps its history: importing twice adds no rows.
     history = [e for e in history if e.memory_id not in known]
+    embedded = 0
     for start in range(0, len(memories), EMBED_BATCH):
         batch = memories[start : start + EMBED_BATCH]
-        vectors = await api.run(api.s.embedder.embed, [m.text for m in batch])
+        vectors = np.zeros((len(batch), dimension), dtype=np.float32)
+        missing = [row for row, m in enumerate(batch) if m.id not in given]
+        if missing:
+            vectors[missing] = await api.run(
+                api.s.embedder.embed, [batch[row].text for row in missing]
+            )
+            embedded += len(missing)
+        for row, memory in enumerate(batch):
+            if memory.id in given:
+                vectors[row] = given[memory.id]
         ids = {m.id for m in batch}
         await api.run(
             api.s.store.restore, batch, vectors, [e for e in history if e.memory_id in ids]
@@ -246,4 +314,5 @@ async def import_memories(api: MemoriesAPI, request: Request) -> Response:
         await api.run(api.s.store.restore, [], np.zeros((0, 1), dtype=np.float32), trails)
     return JSONResponse({
         "object": "import.result", "imported": len(memories), "history": len(history),
+        "embedded": embedded,
     })

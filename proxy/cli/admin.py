@@ -206,7 +206,9 @@ def _export(args: argparse.Namespace, client: Client) -> int:
     try:
         with httpx.stream(
             "GET", f"{client.url}/v1/users/{segment(args.user)}/export", headers=client.headers,
-            params={"tenant": client.tenant} if client.tenant else None, timeout=300,
+            params={**({"tenant": client.tenant} if client.tenant else {}),
+                    **({"vectors": "true"} if args.vectors else {})} or None,
+            timeout=300,
         ) as response:
             if response.status_code >= 400:
                 response.read()
@@ -353,6 +355,9 @@ def add_admin_commands(commands: Any) -> None:
     export = sub.add_parser("export", help="a user's memories and history as JSON lines")
     _common(export, user=True)
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    export.add_argument("--vectors", action="store_true",
+                        help="with each memory's vector: an import under the same model "
+                             "embeds nothing (a migration)")
     export.set_defaults(func=_run(_export))
     load = sub.add_parser("import", help="import JSON lines (or an array) as exported")
     _common(load)

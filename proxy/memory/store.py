@@ -391,6 +391,18 @@ class ChromaStore:
         memories = self._read(self._owner_memories, (tenant, user_id))
         return sorted(memories, key=lambda m: (m.created_at, m.id))
 
+    def vectors_of(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> dict[str, np.ndarray]:
+        """The stored unit vector of each of the owner's memories, by id (an export's)."""
+        owner = (tenant, user_id)
+        index = self._read(self._load, owner)
+        if index is not None:
+            return {m.id: index.matrix[row] for row, m in enumerate(index.memories)}
+        got = self._read(lambda: self._shards.collection(owner).get(
+            where=owner_where(owner), include=["embeddings"]
+        ))
+        return dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32),
+                        strict=True))
+
     def count_user(self, user_id: str, *, tenant: str = DEFAULT_TENANT) -> int:
         """How many memories search can return (superseded ones are not counted)."""
         owner = (tenant, user_id)
