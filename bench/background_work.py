@@ -10,12 +10,17 @@
    workers), while the main thread times 5 ms of numpy ranking work (ten 10k x 384
    matrix-vector products and an argsort) by the wall clock, as a retrieval would be; with
    ``store.write_busy_share`` 1.0 (no rests) and 0.5 (the default), a retrieval running;
-   each with ``store.write_behind`` off and on (writes counted once in Chroma).
+   each with ``store.write_behind`` off and on (writes counted once in Chroma); then at 0.5
+   with the four writers offering ``--write-rate`` writes a second together (3 memories each),
+   off and on: the same writes, what they cost the ranking work.
 3. Writes as the memory API makes them, in process, with the real model (int8, the default,
    with and without ``store.write_behind``, and the full-precision one): 200 single adds one
    at a time (embed one text, add one memory) for a user already holding 10k memories, and an
    import of 4,000 memories (500 at a time: embedded, then stored, as the import API does).
    Rates count until every write is in Chroma (the journal flushed), not only accepted.
+
+4. The same through the memory API over loopback HTTP (``api_writes``): single adds, a
+   text-only import, and an export with vectors imported into a second memproxy.
 
 Random unit vectors; nothing is asserted. Results: bench/results/background_work-*.json.
 """
@@ -71,7 +76,10 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def pacing(busy_share: float, seconds: float, write_behind: bool) -> dict[str, Any]:
+def pacing(
+    busy_share: float, seconds: float, write_behind: bool, rate: float = 0.0
+) -> dict[str, Any]:
+    """``rate``: writes a second offered by all four writers together (0: back to back)."""
     rng = np.random.default_rng(0)
     store = ChromaStore(StoreSettings(write_busy_share=busy_share, write_behind=write_behind),
                         Path(tempfile.mkdtemp()), 384)
@@ -90,7 +98,11 @@ def pacing(busy_share: float, seconds: float, write_behind: bool) -> dict[str, A
     def writer(name: int) -> None:
         local = np.random.default_rng(name)
         n = 0
+        next_at = time.perf_counter()
         while not stop.is_set():
+            if rate > 0:
+                next_at += 4 / rate
+                stop.wait(max(0.0, next_at - time.perf_counter()))
             store.add([Memory(user_id="hot", text=f"new {name} {n} {j}", created_at=time.time())
                        for j in range(3)], unit_vectors(local, 3))
             n += 1
@@ -120,7 +132,7 @@ def pacing(busy_share: float, seconds: float, write_behind: bool) -> dict[str, A
             store.journal.flush(timeout=600)
         elapsed = time.perf_counter() - began_all
         store.close()
-    return {"busy_share": busy_share, "write_behind": write_behind,
+    return {"busy_share": busy_share, "write_behind": write_behind, "offered": rate,
             "writes_per_s": writes[0] / elapsed,
             "work": percentiles(work), "over_100ms": int(sum(w > 100 for w in work)),
             "max_ms": max(work)}
@@ -177,9 +189,55 @@ def writes(
             "import_embed_per_s": imported / embedding, "import_per_s": imported / total}
 
 
+def api_writes(adds: int = 200, imported: int = 4_000) -> dict[str, Any]:
+    """Through the memory API over loopback HTTP (the app on uvicorn, the real int8 model):
+    single ``POST /v1/memories`` (``infer: false``) one at a time; an import of text-only
+    records (500 a request); the same user exported with vectors and imported into a second
+    memproxy with the same model."""
+    from _api_eval import Proxy
+
+    embedder = open_embedder(EmbeddingSettings(query_cache_size=0),
+                             Path(__file__).resolve().parent / "results" / ".cache")
+    source, target = Proxy(embedder, {}), Proxy(embedder, {})
+    try:
+        with source.client() as api, target.client() as other:
+            began = time.perf_counter()
+            for n in range(adds):
+                text = f"User mentioned fact number {n}: a trip to city {n % 97} in month {n % 12}."
+                answer = api.post("/v1/memories", json={"user_id": "one", "text": text,
+                                                        "infer": False})
+                assert answer.status_code == 201, answer.text
+            add_rate = adds / (time.perf_counter() - began)
+            records = [{"memory": f"Imported note {n}: the user likes topic {n % 301} and tool "
+                                  f"{n % 53}.", "user_id": "importer"} for n in range(imported)]
+            began = time.perf_counter()
+            for start in range(0, imported, 500):
+                answer = api.post("/v1/memories/import", json=records[start:start + 500])
+                assert answer.status_code == 200, answer.text
+            text_rate = imported / (time.perf_counter() - began)
+            exported = api.get("/v1/users/importer/export", params={"vectors": "true"})
+            lines = exported.content.splitlines()
+            began = time.perf_counter()
+            embedded = 0
+            for start in range(0, len(lines), 500):
+                answer = other.post("/v1/memories/import",
+                                    content=b"\n".join(lines[start:start + 500]))
+                assert answer.status_code == 200, answer.text
+                embedded += answer.json()["embedded"]
+            vector_rate = len(lines) / (time.perf_counter() - began)
+    finally:
+        source.close()  # each drains its journal into Chroma before it stops
+        target.close()
+        embedder.close()
+    return {"adds_per_s": add_rate, "import_text_per_s": text_rate,
+            "import_vectors_per_s": vector_rate, "embedded_with_vectors": embedded}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 s per pacing run, not 40")
+    parser.add_argument("--write-rate", type=float, default=12.0,
+                        help="writes/s offered in the last two pacing runs (default 12)")
     args = parser.parse_args()
     queues = [queue_costs(n) for n in (100, 2_000, 10_000)]
     print("## One head's claim + renewal + completion against the owner's backlog\n")
@@ -188,11 +246,13 @@ def main() -> None:
                           for q in queues]))
     seconds = 20.0 if args.quick else 40.0
     paced = [pacing(share, seconds, behind) for behind in (False, True) for share in (1.0, 0.5)]
+    paced += [pacing(0.5, seconds, behind, rate=args.write_rate) for behind in (False, True)]
     print("\n## 5 ms of ranking work while four threads write to embedded Chroma\n")
     print(markdown_table(
-        ["write_busy_share", "write_behind", "writes/s (in Chroma)", "work p50 ms", "p99 ms",
-         "max ms", "over 100 ms"],
-        [[fmt(p["busy_share"], 1), str(p["write_behind"]).lower(), fmt(p["writes_per_s"], 0),
+        ["write_busy_share", "write_behind", "offered writes/s", "writes/s (in Chroma)",
+         "work p50 ms", "p99 ms", "max ms", "over 100 ms"],
+        [[fmt(p["busy_share"], 1), str(p["write_behind"]).lower(),
+          fmt(p["offered"], 0) if p["offered"] else "back to back", fmt(p["writes_per_s"], 0),
           fmt(p["work"]["p50"]),
           fmt(p["work"]["p99"]), fmt(p["max_ms"]), f"{p['over_100ms']} of {p['work']['n']}"]
          for p in paced]))
@@ -204,8 +264,15 @@ def main() -> None:
         [[w["quantize"], str(w["write_behind"]).lower(), fmt(w["adds_per_s"], 0),
           fmt(w["adds_accepted_per_s"], 0), fmt(w["chroma_calls_per_add"], 2),
           fmt(w["import_embed_per_s"], 0), fmt(w["import_per_s"], 0)] for w in written]))
+    api = api_writes()
+    print("\n## Writes through the memory API over HTTP (int8, accepted: journaled, searchable)\n")
+    print(markdown_table(
+        ["single POST /v1/memories/s", "import, text only: memories/s",
+         "import of an export with vectors: memories/s", "texts embedded in that import"],
+        [[fmt(api["adds_per_s"], 0), fmt(api["import_text_per_s"], 0),
+          fmt(api["import_vectors_per_s"], 0), str(api["embedded_with_vectors"])]]))
     path = write_results("background_work", {"machine": machine(), "queue": queues,
-                                             "pacing": paced, "writes": written})
+                                             "pacing": paced, "writes": written, "api": api})
     print(f"\nresults: {path}")
 
 
