@@ -320,27 +320,30 @@ class WriteJournal:
         limit = min(self._max_batch, CONTENDED_CALL) if self._contended() else self._max_batch
         for call in self._calls(writes, limit):
             collection = self._direct(call.shard)
-            try:
-                getattr(collection, call.method)(**call.arguments())
-                self.calls += 1
-            except Exception as exc:
-                if not _refusal(exc):
-                    raise
+            if self._send(collection, call) is not None:
                 self._apply_one_by_one(collection, call)
+
+    def _send(self, collection: Any, call: _Call) -> Exception | None:
+        """Make the call; Chroma's refusal is returned, any other failure raised."""
+        try:
+            getattr(collection, call.method)(**call.arguments())
+        except Exception as exc:
+            if not _refusal(exc):
+                raise
+            return exc
+        self.calls += 1
+        return None
 
     def _apply_one_by_one(self, collection: Any, call: _Call) -> None:
         """A refused call: each write on its own, so one bad write does not sink the others."""
         for write in call.writes:
-            single = _Call(call.shard, call.method, call.keys, [write], set(write.ids))
-            try:
-                getattr(collection, call.method)(**single.arguments())
-                self.calls += 1
-            except Exception as exc:
-                if not _refusal(exc):
-                    raise
+            refusal = self._send(
+                collection, _Call(call.shard, call.method, call.keys, [write], set(write.ids))
+            )
+            if refusal is not None:
                 self.refusals += 1
                 log.error("Chroma refused a journaled %s of %d records (%s: %s); dropped",
-                          call.method, len(write.ids), type(exc).__name__, exc)
+                          call.method, len(write.ids), type(refusal).__name__, refusal)
                 self._refused(call.shard, write.ids)
 
     def _calls(self, writes: list[_Write], limit: int) -> list[_Call]:
