@@ -248,7 +248,22 @@ def test_a_forgotten_users_text_leaves_the_journal_file(tmp_path: Path) -> None:
     try:
         secret = "the vault code is 4471-ZEBRA"
         store.add([Memory("eve", secret)], EMBEDDER.embed([secret]))
-        store.delete_user("eve")
+        stop = threading.Event()
+
+        def others() -> None:  # other users' writes keep coming during the forget
+            n = 0
+            while not stop.is_set():
+                store.add([Memory(f"u{n % 7}", f"fact {n}")], EMBEDDER.embed([f"fact {n}"]))
+                n += 1
+
+        writer = threading.Thread(target=others)
+        writer.start()
+        try:
+            time.sleep(0.3)
+            store.delete_user("eve")
+        finally:
+            stop.set()
+            writer.join()
         for path in tmp_path.glob(JOURNAL_FILENAME + "*"):
             assert secret.encode() not in path.read_bytes(), path
         assert store.count_user("eve") == 0

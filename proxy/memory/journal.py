@@ -237,18 +237,18 @@ class WriteJournal:
                 self._readers -= 1
 
     def flush(self, timeout: float = SETTLE_TIMEOUT) -> None:
-        """Wait until every write appended so far is in Chroma; then, if nothing else waits,
-        empty the file's write-ahead log too (no applied write's text stays on disk)."""
+        """Wait until every write appended so far is in Chroma; then empty the file's
+        write-ahead log too: the rows applied were overwritten (``secure_delete``), and no
+        older copy of them stays in the log (a forget's guarantee, under load as well)."""
         with self._lock:
             shards = list(self._last_of_shard)
         for shard in shards:
             self.settle(shard, timeout)
         with self._lock:
-            if not self._queue and not self._taken:
-                try:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error as exc:
-                    log.warning("could not truncate the journal's log: %s", exc)
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("could not truncate the journal's log: %s", exc)
 
     def close(self, timeout: float = 60.0) -> None:
         """Apply what is queued, then stop; what could not be applied stays in the file."""
