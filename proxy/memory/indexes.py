@@ -1,9 +1,10 @@
 """Every owner's index as the store reads and writes it: read through, written through.
 
 A read takes the owner's index from the cache (proxy/memory/cache.py), else from its snapshot
-(proxy/memory/snapshot.py), else from its Chroma shard. A write goes to Chroma first, then
-into the cached index; the owner's snapshot is dropped before the Chroma write and again
-after, and other replicas are told (proxy/state/owners.py). What is written, under which
+(proxy/memory/snapshot.py), else from its Chroma shard. A write goes to Chroma first (or to
+its write journal, proxy/memory/journal.py), then into the cached index; the owner's
+snapshot is dropped before the Chroma write and again after, and other replicas are told
+(proxy/state/owners.py). What is written, under which
 lock, is decided by the store (proxy/memory/store.py).
 """
 

@@ -8,8 +8,9 @@ Layout, chosen by measurement (see bench/store_scale.py and the README):
   metadata and a unit-vector matrix). Retrieval for a cached owner is one matrix-vector
   product (10k memories × 384 dims ≈ 1 ms); a miss loads the owner from its shard once.
   Owners with more than ``cache_max_user_records`` memories are searched in Chroma directly.
-Writes go to Chroma first, then into the cached index, so the cache never holds what
-Chroma does not. A load that raced a write to its shard is used once, not cached.
+Writes go to Chroma first (the embedded store's to its write journal, proxy/memory/journal.py,
+which Chroma's reads wait for), then into the cached index, so the cache never holds what is
+not durably written. A load that raced a write to its shard is used once, not cached.
 Every change also writes a row of history (proxy/memory/history.py) in the data dir's SQLite file.
 Superseded memories stay stored and listable; search leaves them out unless asked.
 A memory over ``max_memory_chars`` / ``max_metadata_bytes`` is never written, whoever writes
