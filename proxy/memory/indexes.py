@@ -4,8 +4,8 @@ A read takes the owner's index from the cache (proxy/memory/cache.py), else from
 (proxy/memory/snapshot.py), else from its Chroma shard. A write goes to Chroma first (or to
 its write journal, proxy/memory/journal.py), then into the cached index; the owner's
 snapshot is dropped before the Chroma write and again after, and other replicas are told
-(proxy/state/owners.py). What is written, under which
-lock, is decided by the store (proxy/memory/store.py).
+(proxy/state/owners.py). What is written, under which lock, is decided by the store
+(proxy/memory/store.py).
 """
 
 from __future__ import annotations
