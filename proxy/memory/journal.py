@@ -145,7 +145,7 @@ class WriteJournal:
         self._taken: list[_Write] = []  # the round being applied
         self._closing = False
         self._failure: str | None = None
-        self.calls = 0  # Chroma calls made, and writes in them (for the benchmark and /metrics)
+        self.calls = 0  # Chroma calls made, and writes in them (for the benchmark and tests)
         self.applied_writes = 0
         self.refusals = 0
         left = self._reload()
