@@ -204,17 +204,19 @@ class Run:
         self.proxy.close()
 
 
-def replay_reuse(run: Run, talk: Talk, exchanges: int, budget: int) -> list[float]:
+def replay_reuse(run: Run, talk: Talk, exchanges: int, budget: int) -> list[tuple[float, int]]:
+    """Per pair of consecutive turns: the share of turn t reused by t+1, and its tokens."""
     user_at = [i for i, line in enumerate(talk.lines) if line.role == "user"][-exchanges:]
     previous = None
-    shares = []
+    pairs = []
     for i in user_at:
         forwarded, _ = run.send(talk, messages_of(talk.lines[: i + 1]), budget)
         text = rendered(forwarded)
         if previous is not None:
-            shares.append(common_prefix(previous, text) / len(previous))
+            common = common_prefix(previous, text)
+            pairs.append((common / len(previous), estimate_tokens(previous[:common])))
         previous = text
-    return shares
+    return pairs
 
 
 def question_rows(run: Run, talk: Talk, budget: int) -> list[dict[str, Any]]:
@@ -247,7 +249,7 @@ def question_rows(run: Run, talk: Talk, budget: int) -> list[dict[str, Any]]:
 def measure(
     talks: list[Talk], embedder: Any, extra: dict[str, Any], budget_tokens: int, replay: int,
     settle: float = 0.0,
-) -> tuple[list[dict[str, Any]], dict[str, list[float]], dict[str, int]]:
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, int]]], dict[str, int]]:
     """The three configurations, one after the other, against one fake upstream."""
     with FakeUpstream() as fake:
         configs = {
@@ -255,7 +257,7 @@ def measure(
             "stable block": ({}, 0),
             f"stable block + trimming at {budget_tokens}": ({}, budget_tokens),
         }
-        reuse: dict[str, list[float]] = {}
+        reuse: dict[str, list[tuple[float, int]]] = {}
         degraded: dict[str, int] = {}
         questions: list[dict[str, Any]] = []
         for name, (overrides, budget) in configs.items():
@@ -311,9 +313,11 @@ def main() -> None:
             close()
     seconds = time.perf_counter() - started
     summary = {
-        "prefix_reuse": {name: {"median": float(np.median(v)) * 100 if v else None,
-                                "mean": float(np.mean(v)) * 100 if v else None, "n": len(v)}
-                         for name, v in reuse.items()},
+        "prefix_reuse": {name: {
+            "median": float(np.median([s for s, _ in v])) * 100 if v else None,
+            "mean": float(np.mean([s for s, _ in v])) * 100 if v else None,
+            "tokens_median": float(np.median([t for _, t in v])) if v else None,
+            "n": len(v)} for name, v in reuse.items()},
         "questions": len(questions),
         "tokens_sent": int(sum(r["sent"] for r in questions)),
         "tokens_forwarded": int(sum(r["forwarded"] for r in questions)),
@@ -343,8 +347,9 @@ def main() -> None:
     print("evidence turns found in the kept history {history:.1f} %, in recalled turns "
           "{recalled:.1f} %, in injected memories {memories:.1f} %".format(**by_place))
     print(markdown_table(
-        ["replayed growing chat", "prefix reuse, median", "mean", "pairs"],
-        [[name, fmt(v["median"]), fmt(v["mean"]), str(v["n"])]
+        ["replayed growing chat", "prefix reuse, median", "mean", "reused tokens, median",
+         "pairs"],
+        [[name, fmt(v["median"]), fmt(v["mean"]), fmt(v["tokens_median"]), str(v["n"])]
          for name, v in summary["prefix_reuse"].items()],
     ))
     print(f"degraded requests (forwarded unchanged, no memories): {degraded}")
