@@ -214,3 +214,26 @@ def test_conversation_key_by_session_or_opening_turns() -> None:
     opening = conversation_key("t", "u", None, ["sys", "hello", "later turn"])
     assert opening == conversation_key("t", "u", None, ["sys", "hello", "another later turn"])
     assert opening != conversation_key("t", "u", None, ["sys", "hi"])
+
+
+def test_recalled_turns_fill_the_budget_the_kept_history_leaves() -> None:
+    """The cut moves in steps, so the kept history is often well under its part of the budget:
+    the left-out turns that match take the room it leaves, and never more than the budget."""
+    settings = Settings()
+    settings.conversation.recall_share = 0.25
+    shaper = RequestShaper(settings, store=None, embedder=None)  # type: ignore[arg-type]
+    turns = [Turn("system", "s", 10)]
+    for i in range(300):
+        turns.append(Turn("user", f"my garden story part {i}", 20))
+        turns.append(Turn("assistant", f"reply {i}", 20))
+    turns.append(Turn("user", "what about my garden story?", 20))
+    budget = 2000
+    plan = shaper.plan(turns, budget)
+    assert plan.trimmed and plan.kept_tokens <= budget * 0.75
+    room = budget - plan.kept_tokens
+    assert room > budget * 0.25  # the step left part of the history's share unused
+    shaped = shaper.shape("t", "u", None, [{"role": "user", "content": "q"}], [],
+                          "what about my garden story?", turns, plan, budget)
+    recalled = sum(turn.tokens for turn in shaped.recalled)
+    assert budget * 0.25 < recalled <= room
+    assert plan.kept_tokens + recalled <= budget

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config import Settings
+from proxy.config import ConversationSettings, Settings
 from proxy.errors import InvalidRequest
 from proxy.gateway.forwarding import HISTORY_BUDGET_HEADER
 from proxy.memory.conversation import Placement, StableBlocks, conversation_key
@@ -54,6 +54,14 @@ def opening_texts(conversation: Sequence[Mapping[str, Any]]) -> list[str]:
         if message.get("role") == "user":
             break
     return texts
+
+
+def recall_room(plan: TrimPlan, budget: int, settings: ConversationSettings) -> int:
+    """Tokens of left-out turns to bring back: the budget the kept history leaves, at least
+    ``recall_share`` of it. The cut moves in steps, so the kept history is often well under
+    its part of the budget; what it leaves goes to recalled turns (they sit late, where they
+    break no cached prefix) rather than to nothing."""
+    return max(int(budget * settings.recall_share), budget - plan.kept_tokens)
 
 
 @dataclass
@@ -133,9 +141,8 @@ class RequestShaper:
             dropped = list(turns[plan.start:plan.end])
             vector = self._query_vector(query)
             present = frozenset(m.memory.text for m in (*placement.stable, *placement.late))
-            chosen = self.recall.recall(dropped, query, vector,
-                                        int(budget * settings.recall_share), conversation=key,
-                                        params=self._ranking, present=present)
+            chosen = self.recall.recall(dropped, query, vector, recall_room(plan, budget, settings),
+                                        conversation=key, params=self._ranking, present=present)
             shaped.recalled = [dropped[i] for i in chosen]
             self._embed_later(dropped)
         return shaped
