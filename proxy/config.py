@@ -198,7 +198,8 @@ class ConversationSettings(_Section):
     # Tokens of history forwarded at most; 0: no trimming. Header X-Memory-History-Budget.
     history_budget: int = Field(default=0, ge=0)
     trim_step: int = Field(default=0, ge=0)  # tokens the cut moves by; 0: half the budget
-    recall_share: float = Field(default=0.25, ge=0, le=0.9)  # of the budget: recalled turns
+    # Of the budget, at least, for recalled turns; they also take what the kept history leaves.
+    recall_share: float = Field(default=0.25, ge=0, le=0.9)
     keep_last: int = Field(default=4, ge=0)  # turns before the newest user turn, never cut
 
 
