@@ -185,6 +185,11 @@ def test_explain_is_the_chat_injection_with_the_search_scores(
         (c["score"], c["rank_score"]) for c in injected]
     assert record["query"] is None and ring["keeps_text"] is False
     assert record["used_tokens"] == body["budget"]["used_tokens"]
+    # Where its time went: the steps, each within the whole.
+    phases = record["phases_ms"]
+    assert set(phases) == {"embed", "candidates", "rank"}
+    assert all(0 <= ms for ms in phases.values())
+    assert sum(phases.values()) <= record["duration_ms"]
     # Explain and search record nothing; a forgotten user leaves no record.
     assert len(api.get("/v1/memories/injections").json()["data"]) == 1
     assert api.delete("/v1/users/eve").status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -93,7 +94,7 @@ def test_failing_store_degrades_but_the_chat_succeeds(
 
 
 def test_slow_store_times_out_and_the_chat_goes_on(
-    settings: Settings, start_proxy
+    settings: Settings, caplog: pytest.LogCaptureFixture, start_proxy
 ) -> None:
     settings.retrieval.timeout_ms = 100
     settings.extraction.mode = "off"
@@ -109,6 +110,13 @@ def test_slow_store_times_out_and_the_chat_goes_on(
     assert elapsed < 0.7, elapsed
     assert 'memproxy_memory_failures_total{reason="timeout"} 1' in httpx.get(
         proxy.base_url + "/metrics").text
+    # When the abandoned work ends, the log says where the time went: the store's second.
+    late = wait_until(lambda: [r.getMessage() for r in caplog.records
+                               if r.getMessage().startswith("a retrieval took")], timeout=10)
+    assert "(timeout 100)" in late[0]
+    candidates = re.search(r"candidates (\d+)", late[0])
+    assert candidates is not None and 1000 <= int(candidates.group(1)) < 5000, late[0]
+    assert re.search(r"embed \d+, candidates", late[0]) and "shaping" in late[0]
 
 
 def test_unusable_data_dir_degrades_and_readiness_says_so(

@@ -125,6 +125,9 @@ def inspection_schemas(ident: dict[str, Any]) -> dict[str, Any]:
                          " the request was forwarded without these"},
                 "query": {**NULLABLE_STRING, "description": "Only with "
                           "retrieval.recent_injections_text"},
+                "phases_ms": {"type": "object", "additionalProperties": NUMBER,
+                              "description": "Milliseconds per step: embed (the query), "
+                              "candidates (the store; a cold user's load included), rank"},
             },
         },
         "Job": {

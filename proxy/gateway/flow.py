@@ -256,16 +256,22 @@ class MemoryFlow:
         shaper = self.s.request_shaper()
 
         def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped]:
-            found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name)
+            entered = time.perf_counter()
+            phases: dict[str, float] = {}
+            found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name,
+                                       phases=phases)
+            retrieved = time.perf_counter()
             turns: list[Turn] = []
             if budget > 0:
                 count = partial(retriever.tokens.count, model=model_name)
                 turns = self.dialect.history(body, lambda text: count(text))
             plan = shaper.plan(turns, budget)
-            return found, shaper.shape(
+            shaped = shaper.shape(
                 identity.tenant, user_id, identity.session_id, messages, found, query,
                 turns, plan, budget,
             )
+            _log_if_late(started, entered, retrieved, phases, timeout_ms=settings.timeout_ms)
+            return found, shaped
 
         # Fail open is for faults, not for load. Retrievals take turns (a few at a time: more
         # threads on the same cores only make each one slower), and the timeout counts the
@@ -305,6 +311,22 @@ class MemoryFlow:
         if block is None and late is None:
             return MemoryOutcome("none", shaped=shaped)
         return MemoryOutcome("injected", shaped.count, block, late, shaped)
+
+
+def _log_if_late(started: float, entered: float, retrieved: float, phases: dict[str, float],
+                 *, timeout_ms: int) -> None:
+    """Where a retrieval past its timeout spent the time (its chat went out without memories;
+    this runs when the abandoned work ends)."""
+    done = time.perf_counter()
+    total = (done - started) * 1000
+    if total <= timeout_ms:
+        return
+    steps = ", ".join(f"{name} {ms:.0f}" for name, ms in phases.items())
+    log.warning(
+        "a retrieval took %.0f ms (timeout %d): %.0f waiting for a thread, %.0f retrieving%s, "
+        "%.0f shaping", total, timeout_ms, (entered - started) * 1000,
+        (retrieved - entered) * 1000, f" ({steps})" if steps else "", (done - retrieved) * 1000,
+    )
 
 
 def _dump_json(body: dict[str, Any]) -> bytes:

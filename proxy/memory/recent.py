@@ -42,6 +42,8 @@ class InjectionRecord:
     # Took longer than retrieval.timeout_ms: the chat was forwarded without these.
     late: bool = False
     query: str | None = None  # only with retrieval.recent_injections_text
+    # Milliseconds per step (embed, candidates, rank): where a slow retrieval's time went.
+    phases_ms: dict[str, float] = field(default_factory=dict, compare=False)
     seq: int = field(default=0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +54,7 @@ class InjectionRecord:
             "used_tokens": self.used_tokens, "max_tokens": self.max_tokens,
             "candidates": self.candidates, "duration_ms": round(self.duration_ms, 3),
             "late": self.late, "query": self.query,
+            "phases_ms": {name: round(ms, 3) for name, ms in self.phases_ms.items()},
         }
 
 

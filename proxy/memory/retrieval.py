@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -139,6 +139,9 @@ class _Ranking:
     ranked: Ranked
     top_k: int
     days: list[int]  # the days the query names
+    # Milliseconds per step: the query embedding, the store's candidates (a cold owner's
+    # load included), the ranking. Recorded with the injection: why a retrieval was slow.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def chosen(self) -> list[ScoredMemory]:
         """The ranked top_k (before the budget), best first."""
@@ -203,6 +206,7 @@ class Retriever:
         include_superseded: bool = False,
         budget: bool = True,
         model: str | None = None,
+        phases: dict[str, float] | None = None,
     ) -> list[ScoredMemory]:
         """Blocking: embeds and searches. Run it in a worker thread.
 
@@ -211,15 +215,14 @@ class Retriever:
         same way. ``score`` is the fused score (0–1, relative to the user's other memories:
         the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
         With the budget (a chat request) for a user with memories, the choice is recorded in
-        ``recent`` (the ring of recent injections).
+        ``recent`` (the ring of recent injections). ``phases``, when given, receives the
+        milliseconds each step took.
         """
         started = time.perf_counter()
         with self.activity.running():
-            ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded)
-        if ranking is None:
-            chosen: list[ScoredMemory] = []
-        else:
-            chosen = ranking.chosen()
+            ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded,
+                                 {} if phases is None else phases)
+        chosen = [] if ranking is None else ranking.chosen()
         if not budget:
             return chosen
         decisions = self._budget(chosen, model)
@@ -260,17 +263,24 @@ class Retriever:
     def _rank(
         self, user_id: str, query: str, tenant: str, limit: int | None,
         filters: Sequence[Condition], include_superseded: bool,
+        phases: dict[str, float] | None = None,
     ) -> _Ranking | None:
+        """``phases`` (filled as the steps run) gets the milliseconds of each."""
         settings = self._settings
+        phases = {} if phases is None else phases
         top_k = settings.top_k if limit is None else limit
         if not query or top_k <= 0:
             return None
+        began = time.perf_counter()
         vector = self._embedder.embed([query])[0]
+        embedded = time.perf_counter()
         found = self._store.candidates(
             user_id, vector, query, tenant=tenant, filters=filters,
             include_superseded=include_superseded,
             pool=max(settings.large_user_pool, settings.mmr_pool * top_k),
         )
+        searched = time.perf_counter()
+        phases.update(embed=(embedded - began) * 1000, candidates=(searched - embedded) * 1000)
         pool = np.asarray(found.eligible, dtype=bool)
         available = int(pool.sum())
         if available == 0:
@@ -281,7 +291,8 @@ class Retriever:
             eligible = pool & ((found.dense >= settings.min_score) | (found.keyword > 0))
         days = days_asked_about(query)
         ranked = self._ranked(found, eligible, top_k, include_superseded, days, mmr=True)
-        return _Ranking(found, pool, eligible, gating, ranked, top_k, days)
+        phases["rank"] = (time.perf_counter() - searched) * 1000
+        return _Ranking(found, pool, eligible, gating, ranked, top_k, days, phases)
 
     def _ranked(
         self, found: Candidates, eligible: np.ndarray, k: int, include_superseded: bool,
@@ -332,6 +343,7 @@ class Retriever:
             used_tokens=sum(m.tokens for m in injected), max_tokens=self._settings.max_tokens,
             candidates=int(ranking.eligible.sum()),
             duration_ms=elapsed_ms, late=elapsed_ms > self._settings.timeout_ms,
+            phases_ms=dict(ranking.phases),
             query=query if recent.keep_text else None,
         ))
 
