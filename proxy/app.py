@@ -36,7 +36,7 @@ from proxy.gateway.dialects.chat_completions import ChatCompletionsDialect
 from proxy.gateway.dialects.responses import ResponsesDialect
 from proxy.gateway.flow import GatewayServices, MemoryFlow
 from proxy.gateway.passthrough import Passthrough
-from proxy.gateway.providers import load_litellm
+from proxy.gateway.providers import load_litellm, warm_litellm
 from proxy.gateway.upstream import HttpUpstream
 from proxy.health import readiness, warm_up
 from proxy.heap_scrub import scrub_freed_memory
@@ -144,9 +144,11 @@ def create_app(
             # Imported before "ready", off the loop: an import holds the interpreter for
             # ~3 s, and behind it the first chats' retrievals timed out (soak, minute 1).
             try:
-                await anyio.to_thread.run_sync(load_litellm)
+                litellm = await anyio.to_thread.run_sync(load_litellm)
             except Exception as exc:  # its calls will say so; chats without it still flow
                 log.warning("litellm could not be imported: %s: %s", type(exc).__name__, exc)
+            else:
+                await anyio.to_thread.run_sync(warm_litellm, litellm)
         collector.settle()  # start-up state, litellm's tables included (proxy/collector.py)
         if settings.admin_key is None:
             if settings.auth.mode == "keys" and not settings.auth.loopback_admin:

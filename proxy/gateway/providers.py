@@ -19,6 +19,11 @@ from proxy.config import ModelRoute
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.gateway.sse import encode_event
 
+log = logging.getLogger("memproxy.providers")
+
+# A model name litellm counts with its default (OpenAI) tokenizer: the one most chats use.
+WARM_UP_MODEL = "gpt-4o-mini"
+
 
 class ProviderError(ProxyError):
     """A provider's own 4xx/5xx, passed on with its status."""
@@ -46,6 +51,24 @@ def load_litellm() -> Any:
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return litellm
+
+
+def warm_litellm(litellm: Any) -> None:
+    """Blocking; before "ready". litellm's first token count loads a tokenizer (~0.5 s) and its
+    first completion imports ~40 more modules (~0.25 s), holding the interpreter: done after
+    ready, by the first chats' jobs, it slowed every retrieval running beside it past its
+    timeout (13 of a 200-chat burst right after ready went out without memories). A mock
+    completion (litellm's ``mock_response``: no network) takes that path here instead."""
+    started = time.perf_counter()
+    try:
+        litellm.token_counter(model=WARM_UP_MODEL, text="warm up")
+        litellm.completion(
+            model=f"openai/{WARM_UP_MODEL}", messages=[{"role": "user", "content": "warm up"}],
+            mock_response="ok", api_key="none",
+        )
+    except Exception as exc:  # a cold first call is slower, never wrong
+        log.info("litellm warm-up failed (%s: %s)", type(exc).__name__, exc)
+    log.debug("litellm warmed in %.2f s", time.perf_counter() - started)
 
 
 async def litellm_module() -> Any:
