@@ -65,6 +65,8 @@ def warm_litellm(litellm: Any) -> None:
         litellm.completion(
             model=f"openai/{WARM_UP_MODEL}", messages=[{"role": "user", "content": "warm up"}],
             mock_response="ok", api_key="none",
+            # Were the mock ever ignored: a closed local port, never a provider.
+            api_base="http://127.0.0.1:9/v1", timeout=1, num_retries=0,
         )
     except Exception as exc:  # a cold first call is slower, never wrong
         log.info("litellm warm-up failed (%s: %s)", type(exc).__name__, exc)
