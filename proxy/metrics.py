@@ -19,13 +19,21 @@ class Metrics:
         self.memory_failures: Counter[str] = Counter()
         self.retrieval_seconds_sum = 0.0
         self.retrieval_count = 0
+        # Per step of a chat's retrieval (embed, candidates, rank): seconds and count.
+        self.phase_seconds: dict[str, float] = {}
+        self.phase_count: Counter[str] = Counter()
         self.gauges: dict[str, Callable[[], float]] = {}
         self.extraction_usage: Mapping[str, int] | None = None  # Extractor.usage
         self.extraction_guards: Mapping[str, int] | None = None  # Extractor.guard_events
 
-    def observe_retrieval(self, seconds: float) -> None:
+    def observe_retrieval(
+        self, seconds: float, phases_ms: Mapping[str, float] | None = None
+    ) -> None:
         self.retrieval_seconds_sum += seconds
         self.retrieval_count += 1
+        for phase, ms in (phases_ms or {}).items():
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + ms / 1000
+            self.phase_count[phase] += 1
 
     def render(self) -> str:
         lines = [
@@ -44,7 +52,17 @@ class Metrics:
             "# TYPE memproxy_retrieval_seconds summary",
             f"memproxy_retrieval_seconds_sum {self.retrieval_seconds_sum:.6f}",
             f"memproxy_retrieval_seconds_count {self.retrieval_count}",
+            "# HELP memproxy_retrieval_phase_seconds Chat retrievals' steps: the query"
+            " embedding, the store's candidates, the ranking.",
+            "# TYPE memproxy_retrieval_phase_seconds summary",
         ]
+        for phase in sorted(self.phase_count):
+            lines += [
+                f'memproxy_retrieval_phase_seconds_sum{{phase="{phase}"}} '
+                f"{self.phase_seconds[phase]:.6f}",
+                f'memproxy_retrieval_phase_seconds_count{{phase="{phase}"}} '
+                f"{self.phase_count[phase]}",
+            ]
         if self.extraction_usage is not None:
             lines += render_extraction_usage(self.extraction_usage)
         if self.extraction_guards is not None:

@@ -265,6 +265,10 @@ def test_health_readiness_and_metrics(start_proxy) -> None:
     assert metrics.status_code == 200
     assert 'memproxy_memory_status_total{status="skipped"} 2' in metrics.text
     assert 'memproxy_memory_status_total{status="none"} 1' in metrics.text
+    # The one retrieval's steps: embedded, looked up; a user with no memories is not ranked.
+    assert 'memproxy_retrieval_phase_seconds_count{phase="embed"} 1' in metrics.text
+    assert 'memproxy_retrieval_phase_seconds_count{phase="candidates"} 1' in metrics.text
+    assert 'phase="rank"' not in metrics.text
 
 
 # --- the caller's API key --------------------------------------------------------------------

@@ -255,9 +255,10 @@ class MemoryFlow:
         model_name = model if isinstance(model, str) else None
         shaper = self.s.request_shaper()
 
+        phases: dict[str, float] = {}  # filled in the retrieval thread
+
         def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped]:
             entered = time.perf_counter()
-            phases: dict[str, float] = {}
             found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name,
                                        phases=phases)
             retrieved = time.perf_counter()
@@ -304,7 +305,7 @@ class MemoryFlow:
             return MemoryOutcome("degraded")
         finally:
             slots.release()
-        self.s.metrics.observe_retrieval(time.perf_counter() - started)
+        self.s.metrics.observe_retrieval(time.perf_counter() - started, phases)
         block = render_memory_block(shaped.stable) if shaped.stable else None
         recalled = [render_recalled([turn]) for turn in shaped.recalled]
         late = render_late_block(shaped.late, recalled) if shaped.late or recalled else None
