@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -141,7 +141,7 @@ class _Ranking:
     days: list[int]  # the days the query names
     # Milliseconds per step: the query embedding, the store's candidates (a cold owner's
     # load included), the ranking. Recorded with the injection: why a retrieval was slow.
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float]
 
     def chosen(self) -> list[ScoredMemory]:
         """The ranked top_k (before the budget), best first."""
@@ -221,7 +221,7 @@ class Retriever:
         started = time.perf_counter()
         with self.activity.running():
             ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded,
-                                 {} if phases is None else phases)
+                                 phases)
         chosen = [] if ranking is None else ranking.chosen()
         if not budget:
             return chosen
