@@ -13,7 +13,6 @@ from proxy.memory.keyword import (
     KeywordIndex,
     asks_only,
     dated_text,
-    days_asked_about,
 )
 from proxy.memory.ranking import (
     RankingParams,
@@ -29,6 +28,7 @@ from proxy.memory.ranking import (
     rrf_fusion,
     weighted_fusion,
 )
+from proxy.memory.when import days_asked_about
 
 NO_MMR = RankingParams(mmr_lambda=1.0)
 

@@ -11,7 +11,6 @@ aligned with the rows of the user's vector matrix and the two can be fused direc
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
 import threading
@@ -41,7 +40,7 @@ ENGLISH_STOPWORDS = frozenset(
 
 # Letters, digits and marks of any script; apostrophes and other punctuation split words.
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_MONTHS = (
+MONTHS = (
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 )
 _MONTH_NAMES = (
@@ -54,51 +53,20 @@ _CANONICAL = {
     **{name: name[:3] for name in _MONTH_NAMES}, "sept": "sep",
 }
 # 10.01.2024 (day first) and 2024-01-10 (ISO): written as dated text writes dates.
-_DOTTED_DATE = re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{4})\b")
-_ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
+DOTTED_DATE = re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{4})\b")
+ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 
 
 def _spelled_date(day: str, month: str, year: str, original: str) -> str:
     if not 1 <= int(month) <= 12 or not 1 <= int(day) <= 31:
         return original
-    return f"{int(day)} {_MONTHS[int(month) - 1]} {year}"
+    return f"{int(day)} {MONTHS[int(month) - 1]} {year}"
 
 
 def spell_dates(text: str) -> str:
     """Numeric dates as dated text writes them: "10.01.2024" → "10 Jan 2024"."""
-    text = _DOTTED_DATE.sub(lambda m: _spelled_date(m[1], m[2], m[3], m.group(0)), text)
-    return _ISO_DATE.sub(lambda m: _spelled_date(m[3], m[2], m[1], m.group(0)), text)
-
-
-_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
-          r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
-_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
-# "5 Jan 2024", "5th of January, 2024", "January 5, 2024", "05.01.2024", "2024-01-05".
-_ASKED_DATES = (
-    (re.compile(rf"\b{_DAY}(?:\s+of)?\s+{_MONTH}\.?,?\s+(\d{{4}})\b", re.IGNORECASE), (3, 2, 1)),
-    (re.compile(rf"\b{_MONTH}\.?\s+{_DAY},?\s+(\d{{4}})\b", re.IGNORECASE), (3, 1, 2)),
-    (_DOTTED_DATE, (3, 2, 1)),
-    (_ISO_DATE, (1, 2, 3)),
-)
-
-
-def days_asked_about(text: str) -> list[int]:
-    """The calendar days a text names with day, month and year, as days since 1970-01-01
-    (UTC), in the order written; "5 Jan" without a year names no day."""
-    days: list[tuple[int, int]] = []
-    for pattern, (year, month, day) in _ASKED_DATES:
-        for found in pattern.finditer(text):
-            written = found[month]
-            number = int(written) if written.isdigit() else (
-                [m.casefold() for m in _MONTHS].index(written[:3].casefold()) + 1)
-            try:
-                at = calendar.timegm((int(found[year]), number, int(found[day]), 0, 0, 0))
-                if time.gmtime(at)[:3] != (int(found[year]), number, int(found[day])):
-                    continue  # 31 Feb: no such day
-            except (OverflowError, ValueError):
-                continue
-            days.append((found.start(), at // 86_400))
-    return list(dict.fromkeys(day for _, day in sorted(days)))
+    text = DOTTED_DATE.sub(lambda m: _spelled_date(m[1], m[2], m[3], m.group(0)), text)
+    return ISO_DATE.sub(lambda m: _spelled_date(m[3], m[2], m[1], m.group(0)), text)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -120,7 +88,7 @@ def dated_text(text: str, created_at: float | None) -> str:
         t = time.gmtime(created_at)
     except (OverflowError, OSError, ValueError):  # a time no calendar renders: undated
         return text
-    return f"[{t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year}] {text}"
+    return f"[{t.tm_mday} {MONTHS[t.tm_mon - 1]} {t.tm_year}] {text}"
 
 
 class Analyzer:

@@ -5,7 +5,7 @@ i), so the retriever can call them on its cached index and tests on hand-made nu
 
     eligible = eligible_mask(superseded_by)              # superseded memories out
     fused = fuse(dense, keyword, params, eligible)       # min-max weighted sum (or RRF)
-    fused = lift_dated(fused, created_at, days, ...)     # the days a question names
+    fused = lift_dated(fused, created_at, days, ...)     # the days a question asks about
     fused = lift_neighbours(fused, neighbours, w, ...)   # a strong hit lifts its session
     fused = damp_questions(fused, asks, penalty)         # a memory that only asks, less
     order = order_by_score(fused, created_at, eligible)  # newer first among near-ties
@@ -40,8 +40,9 @@ class RankingParams:
     # A memory said right before or after a strong hit in the same session gains this share
     # of the hit's score (the answer often spans two turns); 0 turns it off.
     neighbour_weight: float = 0.2
-    # A question that names a day ("on 5 Jan 2024") lifts the memories of that day by this
-    # share, and those of the days around it less, to nothing beyond date_window_days; 0: off.
+    # A question that asks about a time ("on 5 Jan 2024", "last week") lifts the memories of
+    # those days by this share, and those of the days around them less, to nothing beyond
+    # date_window_days; 0: off.
     date_weight: float = 0.2
     date_window_days: int = 2
     # A memory that only asks ("Any plans for the weekend?") rarely holds an answer: it keeps
@@ -176,13 +177,17 @@ def order_by_score(
     return positions[np.lexsort((newest, -bucket))][:limit]
 
 
-def date_proximity(created_at: np.ndarray, days: Sequence[int], window: int) -> np.ndarray:
-    """1 for a memory dated on one of ``days`` (days since 1970-01-01, UTC), falling linearly
-    to 0 at ``window + 1`` days away; the nearest named day counts."""
+def date_proximity(
+    created_at: np.ndarray, days: Sequence[int | tuple[int, int]], window: int
+) -> np.ndarray:
+    """1 for a memory dated on one of ``days`` (days since 1970-01-01, UTC; a day, or a span
+    of days ``(first, last)``), falling linearly to 0 at ``window + 1`` days outside it; the
+    nearest named day counts."""
     created_day = np.floor(np.asarray(created_at, dtype=np.float64) / 86_400.0)
     near = np.zeros(created_day.shape, dtype=np.float32)
     for day in days:
-        distance = np.abs(created_day - day)
+        first, last = day if isinstance(day, tuple) else (day, day)
+        distance = np.maximum(first - created_day, created_day - last).clip(0, None)
         near = np.maximum(near, np.clip(1.0 - distance / (window + 1), 0.0, 1.0))
     return near
 
@@ -190,7 +195,7 @@ def date_proximity(created_at: np.ndarray, days: Sequence[int], window: int) -> 
 def lift_dated(
     scores: np.ndarray,
     created_at: np.ndarray,
-    days: Sequence[int],
+    days: Sequence[int | tuple[int, int]],
     weight: float,
     window: int,
     eligible: np.ndarray | None = None,
@@ -210,6 +215,10 @@ def lift_dated(
         lift[~eligible] = 0.0
     return (scores + lift) / (1.0 + weight)
 
+
+# "What did I do last week?": the week's memories before any other. With this weight a
+# memory of the span scores at least 2/3 before the rescale, one beyond the window at most 1/3.
+DATES_FIRST_WEIGHT = 2.0
 
 Neighbours = Callable[[int], Sequence[int]]
 # The best this many memories lift their neighbours: a constant, not a multiple of k, so the
@@ -302,7 +311,8 @@ def rank_memories(
     superseded_by: Sequence[str | None] | None = None,
     eligible: np.ndarray | None = None,
     neighbours: Neighbours | None = None,
-    days: Sequence[int] = (),
+    days: Sequence[int | tuple[int, int]] = (),
+    dates_first: bool = False,
     asks: np.ndarray | None = None,
 ) -> Ranked:
     """The best ``k`` memories: fused, memories of the ``days`` the question names and
@@ -310,10 +320,12 @@ def rank_memories(
 
     ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
     score; ``vectors`` (unit rows) enable the MMR pass; ``neighbours(i)`` (the memories said
-    next to memory i) enables the lift; ``days`` (``keyword.days_asked_about`` of the
-    question) with ``created_at`` the date lift; ``asks`` (True: the memory only asks) the
-    question damping. ``eligible`` (a boolean mask, e.g. the caller's
-    filters) narrows the pool further; normalisation runs over the pool only.
+    next to memory i) enables the lift; ``days`` (days or spans of days the question asks
+    about, proxy/memory/when.py) with ``created_at`` the date lift, by ``date_weight`` or, with
+    ``dates_first`` (a question with nothing but its time to go on), so strongly that a memory
+    of those days outranks every memory beyond the window; ``asks`` (True: the memory only
+    asks) the question damping. ``eligible`` (a boolean mask, e.g. the caller's filters)
+    narrows the pool further; normalisation runs over the pool only.
     """
     params = params or RankingParams()
     if superseded_by is not None:
@@ -321,8 +333,9 @@ def rank_memories(
         eligible = mask if eligible is None else mask & eligible
     fused = fuse(dense, keyword, params, eligible)
     if days and created_at is not None:
-        fused = lift_dated(fused, created_at, days, params.date_weight,
-                           params.date_window_days, eligible)
+        weight = DATES_FIRST_WEIGHT if dates_first and params.date_weight > 0 \
+            else params.date_weight
+        fused = lift_dated(fused, created_at, days, weight, params.date_window_days, eligible)
     if neighbours is not None and params.neighbour_weight > 0:
         fused = lift_neighbours(
             fused, neighbours, params.neighbour_weight, STRONG_HITS, eligible
