@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
+from fake_upstream import FakeUpstream
+from http_checks import sdk
 from servers import ThreadedServer
 
 NOTES = ("amber birch cedar dune ember fjord grove heath iris juniper kelp lotus moss nettle "
@@ -53,3 +57,55 @@ def test_a_named_day_lifts_what_was_said_the_day_after(
             "user_id": "u", "query": "What did I play on 5 Jan 2024?", "limit": 4,
         }).json()["data"]
     assert found[0]["memory"] == "Yesterday I played basketball with my team"
+
+
+def test_a_relative_time_is_read_against_today_in_search_explain_and_chat(
+    start_proxy: Callable[..., ThreadedServer], real_embedder: Any, upstream: FakeUpstream,
+) -> None:
+    """"last week", "yesterday": the memories of those days lead (the real model), the
+    explanation says which days were read, and the chat's model is told today's date."""
+    proxy = start_proxy(embedder=real_embedder)
+    now = datetime.now(timezone.utc)
+    today = now.replace(hour=12, minute=0, second=0, microsecond=0)
+    last_week = today - timedelta(days=today.weekday() + 7 - 2)  # Wednesday of last week
+    yesterday = today - timedelta(days=1)
+    told = {last_week.timestamp(): "Went kayaking on the lake with Sam",
+            yesterday.timestamp(): "Baked sourdough bread for the neighbours"}
+    for n, note in enumerate(NOTES):  # older days, words closer to the questions
+        told[(today - timedelta(days=40 + n)).timestamp()] = \
+            f"What I did: I spent the day in the library, reading on {note}"
+    with httpx.Client(base_url=proxy.base_url, timeout=30) as client:
+        for created_at, text in told.items():
+            response = client.post("/v1/memories", json={
+                "user_id": "u", "text": text, "infer": False, "created_at": created_at,
+            })
+            assert response.status_code == 201, response.text
+
+        def first(query: str) -> str:
+            found = client.post("/v1/memories/search", json={
+                "user_id": "u", "query": query, "limit": 3}).json()["data"]
+            return found[0]["memory"]
+
+        assert first("What did I do last week?") == "Went kayaking on the lake with Sam"
+        assert first("What did I do yesterday?") == "Baked sourdough bread for the neighbours"
+        assert first("What did I do?") != "Baked sourdough bread for the neighbours"
+        explained = client.post("/v1/memories/explain", json={
+            "user_id": "u", "message": "What did I do yesterday?"}).json()
+    assert explained["time_asked"] == {"dates_first": True, "spans": [{
+        "from": yesterday.strftime("%Y-%m-%d"), "to": yesterday.strftime("%Y-%m-%d"),
+        "said": "yesterday"}]}
+    assert explained["injected"][0] == next(
+        c["memory"]["id"] for c in explained["candidates"]
+        if c["memory"]["memory"].startswith("Baked sourdough"))
+
+    client = sdk(proxy.base_url + "/v1")
+    for question, dated in (("What did I do yesterday?", True),
+                            ("What bread did I bake for the neighbours?", False)):
+        upstream.clear()
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": question}],
+            extra_headers={"X-User-Id": "u"})
+        [request] = upstream.chat_requests()
+        sent = json.dumps(request.json["messages"])
+        assert "Baked sourdough bread for the neighbours" in sent
+        assert (f"Today is {today.strftime('%A, %Y-%m-%d')} (UTC)." in sent) is dated, sent

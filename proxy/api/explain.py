@@ -68,12 +68,17 @@ def _explanation_json(
         "budget": {"max_tokens": explained.max_tokens, "used_tokens": explained.used_tokens,
                    "counted_with": "tokenizer" if explained.exact_tokens else "estimate"},
         "memories": explained.memories, "gating": explained.gating,
+        # The days the question asks about ("last week": read against today, UTC); with
+        # dates_first the question has nothing else to go on and those days' memories lead.
+        "time_asked": {"spans": [span.to_json() for span in explained.time_asked.spans],
+                       "dates_first": explained.time_asked.only_time},
         "complete": explained.complete,
         "settings": {
             "top_k": explained.top_k, "min_score": settings.min_score,
             "core_when_at_most": settings.core_when_at_most, "fusion": settings.fusion,
             "dense_weight": settings.dense_weight, "keyword_weight": settings.keyword_weight,
             "mmr_lambda": settings.mmr_lambda, "neighbour_weight": settings.neighbour_weight,
+            "date_weight": settings.date_weight,
         },
         "candidates": [_candidate(trace) for trace in explained.candidates],
     }

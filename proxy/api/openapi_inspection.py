@@ -103,9 +103,25 @@ def inspection_schemas(ident: dict[str, Any]) -> dict[str, Any]:
                     "counted_with": {"enum": ["tokenizer", "estimate"]}}},
                 "memories": {**INTEGER, "description": "The user's memories looked at"},
                 "gating": {"type": "boolean", "description": "More than core_when_at_most: "
-                           "a memory needs a query term or min_score"},
+                           "a memory needs a query term, min_score or a day asked about"},
                 "complete": {"type": "boolean", "description": "false: a user too large to "
                              "cache, only the nearest memories were ranked"},
+                "time_asked": {
+                    "type": "object", "required": ["spans", "dates_first"],
+                    "description": "The days the question asks about (\"on 5 Jan 2024\", "
+                    "\"yesterday\", \"last week\": read against today, UTC); their memories "
+                    "are lifted",
+                    "properties": {
+                        "spans": {"type": "array", "items": {
+                            "type": "object", "required": ["from", "to", "said"],
+                            "properties": {"from": {"type": "string", "format": "date"},
+                                           "to": {"type": "string", "format": "date"},
+                                           "said": {"type": "string"}}}},
+                        "dates_first": {"type": "boolean", "description": "The question "
+                                        "has nothing else to go on: those days' memories "
+                                        "rank first"},
+                    },
+                },
                 "settings": {"type": "object"},
                 "candidates": {"type": "array", "items": _ref("ExplainedCandidate")},
             },

@@ -45,6 +45,7 @@ from proxy.memory.injection import render_late_block, render_memory_block
 from proxy.memory.retrieval import Retriever, build_query, message_text
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.trimming import Turn, render_recalled
+from proxy.memory.when import time_asked_about, today
 from proxy.metrics import Metrics
 
 log = logging.getLogger("memproxy.flow")
@@ -308,9 +309,13 @@ class MemoryFlow:
         self.s.metrics.observe_retrieval(time.perf_counter() - started, phases)
         block = render_memory_block(shaped.stable) if shaped.stable else None
         recalled = [render_recalled([turn]) for turn in shaped.recalled]
-        late = render_late_block(shaped.late, recalled) if shaped.late or recalled else None
-        if block is None and late is None:
+        if not (block or shaped.late or recalled):
             return MemoryOutcome("none", shaped=shaped)
+        # Dated memories answer "what did I do yesterday?" only if the model knows the date.
+        asked_at = time.time()
+        dated = asked_at if time_asked_about(query, today(asked_at)).relative else None
+        late = render_late_block(shaped.late, recalled, dated) \
+            if shaped.late or recalled or dated is not None else None
         return MemoryOutcome("injected", shaped.count, block, late, shaped)
 
 

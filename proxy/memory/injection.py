@@ -41,10 +41,15 @@ RECALLED_OPEN = "<earlier_turns>"
 RECALLED_CLOSE = "</earlier_turns>"
 
 
-def render_late_block(memories: Sequence[ScoredMemory], recalled: Sequence[str]) -> str:
+def render_late_block(
+    memories: Sequence[ScoredMemory], recalled: Sequence[str], today: float | None = None
+) -> str:
     """This turn's additions: memories found now, and turns of this conversation that were
-    left out of the request (trimming) and match the question, one line each."""
+    left out of the request (trimming) and match the question, one line each; with ``today``
+    (a time: the question asks "yesterday", "last week") the date they are read against."""
     lines = [LATE_PREAMBLE]
+    if today is not None:
+        lines.append(f"Today is {time.strftime('%A, %Y-%m-%d', time.gmtime(today))} (UTC).")
     if memories:
         lines.append(BLOCK_OPEN)
         lines += [f"- [{_date(s.memory.created_at)}] {neutralise_markup(s.memory.text)}"

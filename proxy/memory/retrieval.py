@@ -20,13 +20,19 @@ import numpy as np
 from proxy.config import RetrievalSettings
 from proxy.gateway.identity import DEFAULT_TENANT
 from proxy.memory.embedding import Embedder
-from proxy.memory.keyword import days_asked_about
 from proxy.memory.listing import Condition
 from proxy.memory.model import Candidates, Memory
-from proxy.memory.ranking import Neighbours, Ranked, RankingParams, rank_memories
+from proxy.memory.ranking import (
+    Neighbours,
+    Ranked,
+    RankingParams,
+    date_proximity,
+    rank_memories,
+)
 from proxy.memory.recent import InjectedMemory, InjectionRecord, RecentInjections
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.tokens import TokenCounter, estimate_tokens
+from proxy.memory.when import TimeAsked, time_asked_about, today
 
 __all__ = [
     "CandidateTrace", "Explanation", "Retriever", "build_query", "estimate_tokens",
@@ -128,6 +134,7 @@ class Explanation:
     top_k: int
     exact_tokens: bool  # the model's tokenizer counted (else the ~4 chars a token estimate)
     complete: bool  # False: a user too large to cache, only the nearest rows were fused
+    time_asked: TimeAsked  # the days the question asks about
 
 
 @dataclass
@@ -138,7 +145,7 @@ class _Ranking:
     gating: bool
     ranked: Ranked
     top_k: int
-    days: list[int]  # the days the query names
+    asked: TimeAsked  # the days the query asks about
     # Milliseconds per step: the query embedding, the store's candidates (a cold owner's
     # load included), the ranking. Recorded with the injection: why a retrieval was slow.
     phases: dict[str, float]
@@ -179,7 +186,8 @@ class Retriever:
     on them means "irrelevant" (the weakest memory always scores 0). Users with at most
     ``core_when_at_most`` memories get all of them ranked, none gated: they are the user's
     profile. Above that, a memory must show absolute evidence to be a candidate: a query
-    term (BM25 > 0) or a cosine of at least ``min_score``.
+    term (BM25 > 0), a cosine of at least ``min_score``, or a date within the days the
+    question asks about (proxy/memory/when.py: "on 5 Jan 2024", "last week").
     """
 
     def __init__(
@@ -207,6 +215,7 @@ class Retriever:
         budget: bool = True,
         model: str | None = None,
         phases: dict[str, float] | None = None,
+        now: float | None = None,
     ) -> list[ScoredMemory]:
         """Blocking: embeds and searches. Run it in a worker thread.
 
@@ -216,12 +225,13 @@ class Retriever:
         the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
         With the budget (a chat request) for a user with memories, the choice is recorded in
         ``recent`` (the ring of recent injections). ``phases``, when given, receives the
-        milliseconds each step took.
+        milliseconds each step took. ``now`` (default: the clock) is when the question is
+        asked: "yesterday" is the day before it.
         """
         started = time.perf_counter()
         with self.activity.running():
             ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded,
-                                 phases)
+                                 phases, now)
         chosen = [] if ranking is None else ranking.chosen()
         if not budget:
             return chosen
@@ -233,7 +243,7 @@ class Retriever:
 
     def explain(
         self, user_id: str, query: str, *, tenant: str = DEFAULT_TENANT,
-        model: str | None = None, max_candidates: int = 50,
+        model: str | None = None, max_candidates: int = 50, now: float | None = None,
     ) -> Explanation:
         """What ``retrieve`` would choose for a chat request, and why (nothing is recorded).
 
@@ -243,11 +253,11 @@ class Retriever:
         """
         settings = self._settings
         ranking = self._rank(user_id, query, DEFAULT_TENANT if tenant is None else tenant,
-                             None, (), False)
+                             None, (), False, now=now)
         exact = bool(model) and self.tokens.uses_tokenizer(model or "")
         if ranking is None:
             return Explanation(query, [], [], 0, False, 0, settings.max_tokens, settings.top_k,
-                               exact, True)
+                               exact, True, time_asked_about(query, today(now)))
         chosen = ranking.chosen()
         decisions = self._budget(chosen, model)
         kept = [scored for scored, _, within in decisions if within]
@@ -256,14 +266,14 @@ class Retriever:
         found = ranking.found
         return Explanation(
             query, kept, traces, int(ranking.pool.sum()), ranking.gating, used,
-            settings.max_tokens, ranking.top_k, exact, found.complete,
+            settings.max_tokens, ranking.top_k, exact, found.complete, ranking.asked,
         )
 
     # -- the steps ------------------------------------------------------------------------
     def _rank(
         self, user_id: str, query: str, tenant: str, limit: int | None,
         filters: Sequence[Condition], include_superseded: bool,
-        phases: dict[str, float] | None = None,
+        phases: dict[str, float] | None = None, now: float | None = None,
     ) -> _Ranking | None:
         """``phases`` (filled as the steps run) gets the milliseconds of each."""
         settings = self._settings
@@ -287,16 +297,19 @@ class Retriever:
             return None
         eligible = pool
         gating = available > settings.core_when_at_most
+        asked = time_asked_about(query, today(now))
         if gating:
-            eligible = pool & ((found.dense >= settings.min_score) | (found.keyword > 0))
-        days = days_asked_about(query)
-        ranked = self._ranked(found, eligible, top_k, include_superseded, days, mmr=True)
+            evidence = (found.dense >= settings.min_score) | (found.keyword > 0)
+            if asked.spans:  # a memory of the very days asked about is evidence too
+                evidence |= date_proximity(found.created_at, asked.days(), 0) > 0
+            eligible = pool & evidence
+        ranked = self._ranked(found, eligible, top_k, include_superseded, asked, mmr=True)
         phases["rank"] = (time.perf_counter() - searched) * 1000
-        return _Ranking(found, pool, eligible, gating, ranked, top_k, days, phases)
+        return _Ranking(found, pool, eligible, gating, ranked, top_k, asked, phases)
 
     def _ranked(
         self, found: Candidates, eligible: np.ndarray, k: int, include_superseded: bool,
-        days: Sequence[int], *, mmr: bool,
+        asked: TimeAsked, *, mmr: bool,
     ) -> Ranked:
         if not eligible.any():
             return Ranked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
@@ -308,7 +321,7 @@ class Retriever:
             # Rows in store order only for a cached owner (a large owner's are the nearest).
             neighbours=session_neighbours(found.memories, found.created_at)
             if found.complete else None,
-            days=days, asks=found.asks,
+            days=asked.days(), dates_first=asked.only_time, asks=found.asks,
         )
 
     def _budget(
@@ -353,7 +366,7 @@ class Retriever:
     ) -> list[CandidateTrace]:
         found, settings = ranking.found, self._settings
         whole = self._ranked(found, ranking.eligible, int(ranking.eligible.sum()), False,
-                             ranking.days, mmr=False)
+                             ranking.asked, mmr=False)
         fused = {int(i): float(s) for i, s in zip(whole.indices, whole.scores, strict=True)}
         position = {int(i): p for p, i in enumerate(whole.indices)}
         chosen = [int(i) for i in ranking.ranked.indices]
@@ -387,6 +400,7 @@ class Retriever:
         gated = np.flatnonzero(ranking.pool & ~ranking.eligible)
         for i in sorted((int(i) for i in gated), key=lambda i: -float(found.dense[i])):
             traces.append(trace(i, "gated", f"cosine {float(found.dense[i]):.3f} < min_score "
-                                f"{settings.min_score} and no query term (the user has more "
+                                f"{settings.min_score}, no query term, not of a day asked "
+                                f"about (the user has more "
                                 f"than core_when_at_most={settings.core_when_at_most})"))
         return traces
