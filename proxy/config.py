@@ -166,8 +166,9 @@ class RetrievalSettings(_Section):
     mmr_pool: int = Field(default=3, ge=1)
     # A strong hit lifts the turns said just before and after it in its session.
     neighbour_weight: float = Field(default=0.2, ge=0)
-    # A question naming a day ("on 5 Jan 2024") lifts the memories of that day and the days
-    # around it (to nothing beyond date_window_days).
+    # A question asking about a time ("on 5 Jan 2024", "yesterday", "last week", "in March";
+    # proxy/memory/when.py) lifts the memories of those days and the days around them (to
+    # nothing beyond date_window_days); with nothing else to go on, those days' come first.
     date_weight: float = Field(default=0.2, ge=0)
     date_window_days: int = Field(default=2, ge=0, le=366)
     # A memory that only asks keeps 1 - this share of its score (after lifting its neighbours).
