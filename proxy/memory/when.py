@@ -291,9 +291,25 @@ _WITH_YEAR: tuple[tuple[re.Pattern[str], Resolver], ...] = (
 )
 
 
+# Every phrase above holds one of these words or a digit: most questions hold none, and
+# are read in one pass over their words instead of one per pattern (~10× less on the hot path).
+_TIME_WORDS = frozenset(
+    """
+    yesterday today tonight ago past last previous weekend week month year recently lately
+    these morning afternoon evening night monday tuesday wednesday thursday friday saturday
+    sunday jan january feb february mar march apr april may jun june jul july aug august sep
+    sept september oct october nov november dec december
+    """.split()
+) | frozenset("0123456789")
+_GATE_WORD = re.compile(r"[a-z]+|\d")
+NOTHING_ASKED = TimeAsked((), False)
+
+
 def time_asked_about(text: str, day: int) -> TimeAsked:
     """The spans of days ``text`` names, in the order written, read against ``day`` (the day
     it is asked, days since 1970-01-01 UTC)."""
+    if _TIME_WORDS.isdisjoint(_GATE_WORD.findall(text.lower())):
+        return NOTHING_ASKED
     taken: list[tuple[int, int]] = []  # character ranges already read
     found: list[tuple[int, DaySpan]] = []
 
@@ -327,10 +343,12 @@ def time_asked_about(text: str, day: int) -> TimeAsked:
         unique.setdefault((named.first, named.last), named)
     spans = tuple(unique.values())
     if not spans:
-        return TimeAsked((), False)
-    rest = "".join(
-        " " if any(a <= i < b for a, b in taken) else ch for i, ch in enumerate(text)
-    )
+        return NOTHING_ASKED
+    kept, at = [], 0
+    for start, end in sorted(taken):
+        kept.append(text[at:max(at, start)])
+        at = max(at, end)
+    rest = " ".join([*kept, text[at:]])
     words = [w.casefold() for w in _WORD.findall(rest)]
     only_time = not any(
         w not in ENGLISH_STOPWORDS and w not in _GENERIC and not w.isdigit() for w in words
