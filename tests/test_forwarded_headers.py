@@ -154,3 +154,23 @@ def test_a_client_without_accept_encoding_never_gets_a_compressed_body(
     headers, body = _get_models(proxy.port, {"Accept-Encoding": "gzip"})
     assert headers["content-encoding"] == "gzip"
     assert json.loads(gzip.decompress(body))["object"] == "list"
+
+
+def test_a_cookie_the_provider_sets_for_one_caller_never_reaches_the_next(
+    settings: Settings, upstream: FakeUpstream, start_proxy
+) -> None:
+    """One shared connection pool serves every caller: a cookie the provider sets (Cloudflare
+    sets them on OpenAI's API; a self-hosted upstream may keep a session in one) goes back to
+    the caller it was set for, and is never sent upstream on anyone's request."""
+    proxy = start_proxy(settings)
+    upstream.errors.append((429, {"error": {"message": "slow down", "type": "rate_limit"}},
+                            {"set-cookie": "session=alice-secret; Path=/"}))
+    alice = httpx.post(proxy.base_url + "/v1/chat/completions", headers={"X-User-Id": "alice"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert alice.status_code == 429
+    assert "alice-secret" in alice.headers["set-cookie"]  # the caller's own response: kept
+    openai.OpenAI(base_url=proxy.base_url + "/v1", api_key="sk-bob").chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], extra_headers={"X-User-Id": "bob"})
+    httpx.get(proxy.base_url + "/v1/models", headers={"Authorization": "Bearer sk-bob"})
+    assert len(upstream.requests) == 3
+    assert all("cookie" not in r.headers for r in upstream.requests)

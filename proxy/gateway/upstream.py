@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from http.cookiejar import CookieJar
+from typing import Any
 
 import httpx
 
@@ -78,6 +80,19 @@ def translate_transport_error(exc: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(f"upstream failed: {type(exc).__name__}")
 
 
+class NoCookies(CookieJar):
+    """The client's cookie jar, kept empty: one client serves every caller, so a cookie the
+    provider set on one caller's response (Cloudflare's on OpenAI's API, a self-hosted
+    upstream's session) would otherwise go upstream with every later caller's request. The
+    response still carries its ``set-cookie`` back to the caller it was for."""
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
 class HttpUpstream:
     """Forwards requests to ``upstream.url``; bodies stream through in both directions."""
 
@@ -99,6 +114,7 @@ class HttpUpstream:
             transport=transport if transport is not None else upstream_transport(up),
             follow_redirects=False,
             trust_env=False,
+            cookies=NoCookies(),
         )
 
     @property
