@@ -70,6 +70,9 @@ def test_longer_phrases_are_read_once_and_the_same_days_once() -> None:
     "What's my name?", "What will I do next week?", "What are my plans this weekend?",
     "I may 5 times have said it", "What happens in 2031?", "Which Christmas gift did I like?",
     "I ran 5 km", "Remind me of my bees", "When was the last day of school?",
+    # Past or future by the rest of the question: a plan is not a look back.
+    "What should I pack for Bruges in February?", "What should I cook on Monday?",
+    "Is the concert on 5 June?",
     "What did I do the last week of the course?",
 ])
 def test_no_past_time_named_no_span(text: str) -> None:

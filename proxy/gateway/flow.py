@@ -45,7 +45,7 @@ from proxy.memory.injection import render_late_block, render_memory_block
 from proxy.memory.retrieval import Retriever, build_query, message_text
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.trimming import Turn, render_recalled
-from proxy.memory.when import time_asked_about, today
+from proxy.memory.when import TimeAsked, time_asked_about, today
 from proxy.metrics import Metrics
 
 log = logging.getLogger("memproxy.flow")
@@ -257,11 +257,13 @@ class MemoryFlow:
         shaper = self.s.request_shaper()
 
         phases: dict[str, float] = {}  # filled in the retrieval thread
+        asked_at = time.time()  # "yesterday" is the day before this
 
-        def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped]:
+        def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped, TimeAsked]:
             entered = time.perf_counter()
+            asked = time_asked_about(query, today(asked_at))
             found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name,
-                                       phases=phases)
+                                       phases=phases, asked=asked)
             retrieved = time.perf_counter()
             turns: list[Turn] = []
             if budget > 0:
@@ -273,7 +275,7 @@ class MemoryFlow:
                 turns, plan, budget,
             )
             _log_if_late(started, entered, retrieved, phases, timeout_ms=settings.timeout_ms)
-            return found, shaped
+            return found, shaped, asked
 
         # Fail open is for faults, not for load. Retrievals take turns (a few at a time: more
         # threads on the same cores only make each one slower), and the timeout counts the
@@ -292,7 +294,7 @@ class MemoryFlow:
         try:
             started = time.perf_counter()
             with anyio.fail_after(settings.timeout_ms / 1000):
-                found, shaped = await anyio.to_thread.run_sync(
+                found, shaped, asked = await anyio.to_thread.run_sync(
                     retrieve_and_shape, abandon_on_cancel=True
                 )
         except TimeoutError:
@@ -312,8 +314,7 @@ class MemoryFlow:
         if not (block or shaped.late or recalled):
             return MemoryOutcome("none", shaped=shaped)
         # Dated memories answer "what did I do yesterday?" only if the model knows the date.
-        asked_at = time.time()
-        dated = asked_at if time_asked_about(query, today(asked_at)).relative else None
+        dated = asked_at if asked.relative else None
         late = render_late_block(shaped.late, recalled, dated) \
             if shaped.late or recalled or dated is not None else None
         return MemoryOutcome("injected", shaped.count, block, late, shaped)

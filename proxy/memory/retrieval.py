@@ -216,6 +216,7 @@ class Retriever:
         model: str | None = None,
         phases: dict[str, float] | None = None,
         now: float | None = None,
+        asked: TimeAsked | None = None,
     ) -> list[ScoredMemory]:
         """Blocking: embeds and searches. Run it in a worker thread.
 
@@ -226,12 +227,13 @@ class Retriever:
         With the budget (a chat request) for a user with memories, the choice is recorded in
         ``recent`` (the ring of recent injections). ``phases``, when given, receives the
         milliseconds each step took. ``now`` (default: the clock) is when the question is
-        asked: "yesterday" is the day before it.
+        asked: "yesterday" is the day before it; ``asked``, the times the query asks about when
+        the caller has read them already (``time_asked_about``).
         """
         started = time.perf_counter()
         with self.activity.running():
             ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded,
-                                 phases, now)
+                                 phases, now, asked)
         chosen = [] if ranking is None else ranking.chosen()
         if not budget:
             return chosen
@@ -274,6 +276,7 @@ class Retriever:
         self, user_id: str, query: str, tenant: str, limit: int | None,
         filters: Sequence[Condition], include_superseded: bool,
         phases: dict[str, float] | None = None, now: float | None = None,
+        asked: TimeAsked | None = None,
     ) -> _Ranking | None:
         """``phases`` (filled as the steps run) gets the milliseconds of each."""
         settings = self._settings
@@ -297,7 +300,8 @@ class Retriever:
             return None
         eligible = pool
         gating = available > settings.core_when_at_most
-        asked = time_asked_about(query, today(now))
+        if asked is None:
+            asked = time_asked_about(query, today(now))
         if gating:
             evidence = (found.dense >= settings.min_score) | (found.keyword > 0)
             if asked.spans:  # a memory of the very days asked about is evidence too

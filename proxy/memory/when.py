@@ -261,46 +261,87 @@ def _recently(found: re.Match[str], t: int) -> tuple[int, int] | None:
     return t - 14, t
 
 
+def _whole_date(year: int, month: int, day: int) -> Resolver:
+    """"5 Jan 2024": that day, if there is one (not 31 Feb)."""
+    def resolve(found: re.Match[str], t: int) -> tuple[int, int] | None:
+        wanted = (int(found[year]), _month_number(found[month]), int(found[day]))
+        try:
+            at = day_of(*wanted)
+        except (OverflowError, ValueError):
+            return None
+        return (at, at) if _ymd(at) == wanted else None
+    return resolve
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    pattern: re.Pattern[str]
+    resolve: Resolver
+    relative: bool  # read against the day asked
+    words: frozenset[str]  # it holds one of these (lower case; a digit as "0"–"9")
+    # Past or future by the rest of the question ("in March", "on Monday"): read only when
+    # the question is about the past ("What did I do in March?", not "What should I pack
+    # for Bruges in March?").
+    either_way: bool = False
+
+
 _I = re.IGNORECASE
-# Longest phrases first: a span of text is read once ("the day before yesterday" is not also
-# "yesterday"; "last week" inside "the last week" is the rolling week).
-_RELATIVE: tuple[tuple[re.Pattern[str], Resolver], ...] = (
-    (re.compile(r"\bthe day before yesterday\b", _I), _fixed(2)),
-    (re.compile(r"\b(?:yesterday|last night)\b", _I), _fixed(1)),
-    (re.compile(r"\b(?:today|tonight|this (?:morning|afternoon|evening))\b", _I), _fixed(0)),
-    (re.compile(rf"\b{_COUNT}\s+{_UNIT}\s+ago\b", _I), _ago),
-    # Not "the last day of school": that names a day by what happened.
-    (re.compile(rf"\bthe\s+(?:past|last|previous)\s+(?:{_COUNT}\s+)?{_UNIT}\b(?!\s+of\b)", _I),
-     _past),
-    (re.compile(r"\b(?:last|this past|over the|on the|at the)\s+weekend\b", _I),
-     _past_weekend),
-    (re.compile(r"\bthis\s+weekend\b", _I), _this_weekend),
-    (re.compile(r"\b(?:last|previous|this past)\s+(week|month|year)\b(?!\s+of\b)", _I),
-     _last_unit),
-    (re.compile(r"\bthis\s+(week|month|year)\b", _I), _this_unit),
-    (re.compile(rf"\b(?:last|this past|on)\s+{_WEEKDAY}\b", _I), _weekday_before),
-    (re.compile(rf"\b(in|during|last|since|early|late|mid)[\s-]+(?:of\s+)?{_MONTH}\b"
-                r"(?![\s,.]*\d)", _I), _month_without_year),
-    (re.compile(rf"\b{_DAY}(?:\s+of)?\s+{_MONTH}\b(?![\s,.]*\d)", _I), _day_without_year(1, 2)),
-    (re.compile(rf"\b{_MONTH}\.?\s+{_DAY}\b(?![\s,.]*\d)", _I), _day_without_year(2, 1)),
-    (re.compile(r"\b(?:recently|lately|these days)\b", _I), _recently),
-)
-_WITH_YEAR: tuple[tuple[re.Pattern[str], Resolver], ...] = (
-    (re.compile(rf"\b{_MONTH}\.?,?\s+(\d{{4}})\b", _I), _month_with_year),
-    (re.compile(r"\b(?:in|during|since)\s+(\d{4})\b", _I), _year),
-)
-
-
-# Every phrase above holds one of these words or a digit: most questions hold none, and
-# are read in one pass over their words instead of one per pattern (~10× less on the hot path).
-_TIME_WORDS = frozenset(
+_DIGITS = frozenset("0123456789")
+_MONTH_WORDS = frozenset(
     """
-    yesterday today tonight ago past last previous weekend week month year recently lately
-    these morning afternoon evening night monday tuesday wednesday thursday friday saturday
-    sunday jan january feb february mar march apr april may jun june jul july aug august sep
-    sept september oct october nov november dec december
+    jan january feb february mar march apr april may jun june jul july aug august sep sept
+    september oct october nov november dec december
     """.split()
-) | frozenset("0123456789")
+)
+_WEEKDAY_WORDS = frozenset(_WEEKDAYS)
+# Longest phrases first: a span of text is read once ("the day before yesterday" is not also
+# "yesterday"; "last week" inside "the last week" is the rolling week); whole dates first.
+_PHRASES: tuple[_Phrase, ...] = (
+    *(_Phrase(pattern, _whole_date(*groups), False, _DIGITS) for pattern, groups in _ASKED_DATES),
+    _Phrase(re.compile(rf"\b{_MONTH}\.?,?\s+(\d{{4}})\b", _I), _month_with_year, False,
+            _DIGITS),
+    _Phrase(re.compile(r"\b(?:in|during|since)\s+(\d{4})\b", _I), _year, False, _DIGITS),
+    _Phrase(re.compile(r"\bthe day before yesterday\b", _I), _fixed(2), True,
+            frozenset({"yesterday"})),
+    _Phrase(re.compile(r"\b(?:yesterday|last night)\b", _I), _fixed(1), True,
+            frozenset({"yesterday", "night"})),
+    _Phrase(re.compile(r"\b(?:today|tonight|this (?:morning|afternoon|evening))\b", _I),
+            _fixed(0), True, frozenset({"today", "tonight", "morning", "afternoon", "evening"})),
+    _Phrase(re.compile(rf"\b{_COUNT}\s+{_UNIT}\s+ago\b", _I), _ago, True, frozenset({"ago"})),
+    # Not "the last day of school": that names a day by what happened.
+    _Phrase(re.compile(rf"\bthe\s+(?:past|last|previous)\s+(?:{_COUNT}\s+)?{_UNIT}\b"
+                       r"(?!\s+of\b)", _I), _past, True, frozenset({"past", "last", "previous"})),
+    _Phrase(re.compile(r"\b(?:last|this past|over the|on the|at the)\s+weekend\b", _I),
+            _past_weekend, True, frozenset({"weekend"})),
+    _Phrase(re.compile(r"\bthis\s+weekend\b", _I), _this_weekend, True, frozenset({"weekend"})),
+    _Phrase(re.compile(r"\b(?:last|previous|this past)\s+(week|month|year)\b(?!\s+of\b)", _I),
+            _last_unit, True, frozenset({"week", "month", "year"})),
+    _Phrase(re.compile(r"\bthis\s+(week|month|year)\b", _I), _this_unit, True,
+            frozenset({"week", "month", "year"})),
+    _Phrase(re.compile(rf"\b(?:last|this past)\s+{_WEEKDAY}\b", _I), _weekday_before, True,
+            _WEEKDAY_WORDS),
+    _Phrase(re.compile(rf"\bon\s+{_WEEKDAY}\b", _I), _weekday_before, True, _WEEKDAY_WORDS,
+            either_way=True),
+    _Phrase(re.compile(rf"\b(last|since)\s+{_MONTH}\b(?![\s,.]*\d)", _I), _month_without_year,
+            True, _MONTH_WORDS),
+    _Phrase(re.compile(rf"\b(in|during|early|late|mid)[\s-]+(?:of\s+)?{_MONTH}\b"
+                       r"(?![\s,.]*\d)", _I), _month_without_year, True, _MONTH_WORDS,
+            either_way=True),
+    _Phrase(re.compile(rf"\b{_DAY}(?:\s+of)?\s+{_MONTH}\b(?![\s,.]*\d)", _I),
+            _day_without_year(1, 2), True, _MONTH_WORDS, either_way=True),
+    _Phrase(re.compile(rf"\b{_MONTH}\.?\s+{_DAY}\b(?![\s,.]*\d)", _I),
+            _day_without_year(2, 1), True, _MONTH_WORDS, either_way=True),
+    _Phrase(re.compile(r"\b(?:recently|lately|these days)\b", _I), _recently, True,
+            frozenset({"recently", "lately", "these"})),
+)
+_TIME_WORDS = frozenset().union(*(phrase.words for phrase in _PHRASES))
+# Words that put a question in the past, for the phrases that read either way.
+_PAST = frozenset(
+    """
+    did was were had went happened said told talked mentioned discussed spoke met ate bought
+    visited saw made got started finished tried spent cooked played watched called ago
+    """.split()
+)
 _GATE_WORD = re.compile(r"[a-z]+|\d")
 NOTHING_ASKED = TimeAsked((), False)
 
@@ -308,36 +349,23 @@ NOTHING_ASKED = TimeAsked((), False)
 def time_asked_about(text: str, day: int) -> TimeAsked:
     """The spans of days ``text`` names, in the order written, read against ``day`` (the day
     it is asked, days since 1970-01-01 UTC)."""
-    if _TIME_WORDS.isdisjoint(_GATE_WORD.findall(text.lower())):
+    words = set(_GATE_WORD.findall(text.lower()))
+    if _TIME_WORDS.isdisjoint(words):  # most questions: one pass over the words, ~2–12 µs
         return NOTHING_ASKED
+    past = not _PAST.isdisjoint(words)
     taken: list[tuple[int, int]] = []  # character ranges already read
     found: list[tuple[int, DaySpan]] = []
-
-    def free(match: re.Match[str]) -> bool:
-        return all(match.end() <= a or match.start() >= b for a, b in taken)
-
-    for pattern, (year, month, day_group) in _ASKED_DATES:  # a whole date: one day
-        for match in pattern.finditer(text):
-            if not free(match):
+    for phrase in _PHRASES:
+        if phrase.words.isdisjoint(words):
+            continue
+        for match in phrase.pattern.finditer(text):
+            if any(match.start() < b and a < match.end() for a, b in taken):
                 continue
-            number = _month_number(match[month])
-            try:
-                at = day_of(int(match[year]), number, int(match[day_group]))
-            except (OverflowError, ValueError):
+            taken.append(match.span())  # read, even when it names no past day
+            days = phrase.resolve(match, day)
+            if days is None or days[0] > days[1] or (phrase.either_way and not past):
                 continue
-            if _ymd(at) != (int(match[year]), number, int(match[day_group])):
-                continue  # 31 Feb: no such day
-            taken.append(match.span())
-            found.append((match.start(), DaySpan(at, at, match[0], relative=False)))
-    for patterns, relative in ((_WITH_YEAR, False), (_RELATIVE, True)):
-        for pattern, resolve in patterns:
-            for match in pattern.finditer(text):
-                if not free(match):
-                    continue
-                days = resolve(match, day)
-                taken.append(match.span())  # read, even when it names no past day
-                if days is not None and days[0] <= days[1]:
-                    found.append((match.start(), DaySpan(days[0], days[1], match[0], relative)))
+            found.append((match.start(), DaySpan(days[0], days[1], match[0], phrase.relative)))
     unique: dict[tuple[int, int], DaySpan] = {}  # the same days named twice: the first words
     for _, named in sorted(found, key=lambda f: f[0]):
         unique.setdefault((named.first, named.last), named)
@@ -349,9 +377,9 @@ def time_asked_about(text: str, day: int) -> TimeAsked:
         kept.append(text[at:max(at, start)])
         at = max(at, end)
     rest = " ".join([*kept, text[at:]])
-    words = [w.casefold() for w in _WORD.findall(rest)]
     only_time = not any(
-        w not in ENGLISH_STOPWORDS and w not in _GENERIC and not w.isdigit() for w in words
+        w not in ENGLISH_STOPWORDS and w not in _GENERIC and not w.isdigit()
+        for w in (w.casefold() for w in _WORD.findall(rest))
     )
     return TimeAsked(spans, only_time)
 
