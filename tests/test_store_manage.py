@@ -154,3 +154,34 @@ def test_a_time_the_index_cannot_date_leaves_the_cached_index_aligned(store: Chr
     assert changed is not None and changed.text == "lives in Paris"
     assert sorted(m.text for m in store.all_memories("u")) == ["far future", "lives in Paris"]
     assert store.search("u", vectors("Paris")[0], 1)[0].memory.text == "lives in Paris"
+
+
+def test_records_from_before_the_text_moved_into_the_metadata_still_read_and_update(
+    tmp_path: Path,
+) -> None:
+    """A record's text used to be its Chroma document (full-text indexed by Chroma on every
+    write); it is metadata now. A data dir written before reads and updates the same."""
+    settings = StoreSettings(shards=4, write_behind=False, snapshots=False)
+    store = ChromaStore(settings, tmp_path, EMBEDDER.dimension)
+    old = Memory("u", "likes green tea", created_at=1_700_000_000.0)
+    meta = old.record_metadata()
+    del meta["text"]
+    store._shards.collection(old.owner).add(  # the old layout, written as Chroma held it
+        ids=[old.id], embeddings=vectors(old.text), documents=[old.text], metadatas=[meta])
+    store.close()
+
+    store = ChromaStore(settings, tmp_path, EMBEDDER.dimension)
+    new = add(store, "likes black coffee")
+    assert store.get(old.id) == old
+    assert [m.text for m in store.list_user("u", 10)] == ["likes black coffee", "likes green tea"]
+    assert store.search("u", vectors("likes green tea")[0], 1)[0].memory.id == old.id
+    collection = store._shards.collection(old.owner)
+    raw = collection.get(ids=[new.id], include=["documents", "metadatas"])
+    assert raw["documents"] == [None] and raw["metadatas"][0]["text"] == "likes black coffee"
+
+    changed = store.update(old.id, text="likes jasmine tea", vector=vectors("likes jasmine tea")[0])
+    assert changed is not None and store.get(old.id).text == "likes jasmine tea"
+    raw = collection.get(ids=[old.id], include=["documents", "metadatas"])
+    assert raw["documents"] == [""]  # the old text is not left behind in the record
+    assert raw["metadatas"][0]["text"] == "likes jasmine tea"
+    store.close()

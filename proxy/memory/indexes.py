@@ -122,7 +122,6 @@ class OwnerIndexes:
                     write(
                         ids=[m.id for m in chunk],
                         embeddings=vectors[part],
-                        documents=[m.text for m in chunk],
                         metadatas=[m.record_metadata() for m in chunk],
                     )
                     self._cache_written(chunk, vectors[part], upsert)
@@ -148,10 +147,11 @@ class OwnerIndexes:
         """Store a changed memory (same id, same owner); its vector only when given."""
         try:
             kwargs: dict[str, Any] = {}
-            if vector is not None:
-                # Documents only with their vectors: Chroma would embed a lone document itself.
+            if vector is not None:  # a new text: its vector, and no old text left behind
                 kwargs["embeddings"] = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-                kwargs["documents"] = [memory.text]
+                # A record written before the text moved to the metadata holds it as its
+                # document (with the vector, so Chroma does not embed the empty one itself).
+                kwargs["documents"] = [""]
             self.writing([memory.owner])
             self._shards.collection(memory.owner).update(
                 ids=[memory.id], metadatas=[memory.record_metadata(for_update=True)], **kwargs

@@ -1,10 +1,11 @@
 """A memory: one remembered fact of one owner (tenant + user), its stored form, and the
 store seam (``MemoryStore``; proxy/memory/store.py holds the Chroma implementation).
 
-In Chroma a memory is a document (its text), a vector and flat scalar metadata: the owner,
-agent and session, timestamps, the supersede marks and the user metadata as one JSON text
-(Chroma metadata values must be scalars; filters on user metadata run in Python over the
-owner's memories, see proxy/memory/listing.py).
+In Chroma a memory is a vector and flat scalar metadata: its text, the owner, agent and
+session, timestamps, the supersede marks and the user metadata as one JSON text (Chroma
+metadata values must be scalars; filters on user metadata run in Python over the owner's
+memories, see proxy/memory/listing.py). Records written before the text moved into the
+metadata hold it as their Chroma document, and read the same.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class Memory:
             "owner": owner_key(self.owner),  # the one key reads filter on
             "created_at": self.created_at,
             "source": self.source,
+            # The text, not as Chroma's document: a document is full-text indexed on every
+            # write (our keyword search is our own), which cost ~45 % of a bulk add.
+            "text": self.text,
         }
         optional = {
             "updated_at": self.updated_at if self.updated_at != self.created_at else None,
@@ -107,8 +111,11 @@ class Memory:
         return meta
 
     @classmethod
-    def from_record(cls, memory_id: str, text: str, meta: dict[str, Any]) -> Memory:
+    def from_record(cls, memory_id: str, document: str, meta: dict[str, Any]) -> Memory:
+        """A record as Chroma holds it: the text in the metadata, or, for records written
+        before that, in the document."""
         tenant, _, user_id = str(meta["owner"]).partition(OWNER_SEPARATOR)
+        text = meta["text"] if isinstance(meta.get("text"), str) else document
         try:
             # A NaN or Infinity stored before they were refused reads back as null, so the
             # record (and its owner's lists and exports) stays valid JSON.
