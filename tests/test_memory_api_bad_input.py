@@ -85,3 +85,21 @@ def test_a_time_outside_1970_to_9999_is_400(api: httpx.Client, moment: object) -
     record = {"user_id": "u", "memory": "likes tea", "created_at": moment}
     refused(api.post("/v1/memories/import", content=json.dumps(record)), "created_at")
     nothing_stored(api)
+
+
+def test_an_import_record_is_checked_for_surrogates_wherever_they_hide(api: httpx.Client
+                                                                       ) -> None:
+    """Records are checked only when the body holds a \\ud800–\\udfff escape at all: one in
+    upper case in a history row is found, naming its line, and an escaped pair is a
+    character, stored as one."""
+    good = json.dumps({"user_id": "u", "memory": "likes tea"})
+    history = ('{"user_id": "u", "memory": "likes cake", "history": [{"event": "ADD", '
+               '"created_at": 1, "old_text": null, "new_text": "x\\uDC00"}]}')
+    refused(api.post("/v1/memories/import", content=f"{good}\n{history}"), "record 2",
+            "surrogate")
+    nothing_stored(api)
+    pair = '{"user_id": "u", "memory": "likes \\ud83d\\ude00 and a literal \\\\ud800"}'
+    answer = api.post("/v1/memories/import", content=pair)
+    assert answer.status_code == 200, answer.text
+    [stored] = api.get("/v1/memories", params={"user_id": "u"}).json()["data"]
+    assert stored["memory"] == "likes \U0001f600 and a literal \\ud800"
