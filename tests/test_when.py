@@ -97,6 +97,13 @@ def test_a_question_with_nothing_but_its_time_ranks_by_date_first(question: str,
     assert time_asked_about(question, WEDNESDAY).only_time is only_time
 
 
+def test_far_dates_are_days_too_and_impossible_ones_none() -> None:
+    assert spans("on 0001-01-01") == [("0001-01-01", "0001-01-01", "0001-01-01")]
+    assert spans("31.12.9999") == [("9999-12-31", "9999-12-31", "31.12.9999")]
+    assert spans("on 0000-01-05 or on 31 Feb 2024 or January 2000000") == []
+    assert spans("999 years ago")[0][0].startswith("1026-")  # 365-day years: about then
+
+
 def test_relative_and_whole_dates_are_told_apart() -> None:
     asked = time_asked_about("on 5 Jan 2024 and yesterday", WEDNESDAY)
     assert [s.relative for s in asked.spans] == [False, True]

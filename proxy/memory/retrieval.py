@@ -215,7 +215,6 @@ class Retriever:
         budget: bool = True,
         model: str | None = None,
         phases: dict[str, float] | None = None,
-        now: float | None = None,
         asked: TimeAsked | None = None,
     ) -> list[ScoredMemory]:
         """Blocking: embeds and searches. Run it in a worker thread.
@@ -226,14 +225,13 @@ class Retriever:
         the weakest candidate scores 0); ``similarity`` the absolute cosine to the query.
         With the budget (a chat request) for a user with memories, the choice is recorded in
         ``recent`` (the ring of recent injections). ``phases``, when given, receives the
-        milliseconds each step took. ``now`` (default: the clock) is when the question is
-        asked: "yesterday" is the day before it; ``asked``, the times the query asks about when
-        the caller has read them already (``time_asked_about``).
+        milliseconds each step took. ``asked``: the times the query asks about, when the
+        caller has read them already (``time_asked_about``; else read against today).
         """
         started = time.perf_counter()
         with self.activity.running():
             ranking = self._rank(user_id, query, tenant, limit, filters, include_superseded,
-                                 phases, now, asked)
+                                 phases, asked)
         chosen = [] if ranking is None else ranking.chosen()
         if not budget:
             return chosen
@@ -245,7 +243,7 @@ class Retriever:
 
     def explain(
         self, user_id: str, query: str, *, tenant: str = DEFAULT_TENANT,
-        model: str | None = None, max_candidates: int = 50, now: float | None = None,
+        model: str | None = None, max_candidates: int = 50,
     ) -> Explanation:
         """What ``retrieve`` would choose for a chat request, and why (nothing is recorded).
 
@@ -255,11 +253,11 @@ class Retriever:
         """
         settings = self._settings
         ranking = self._rank(user_id, query, DEFAULT_TENANT if tenant is None else tenant,
-                             None, (), False, now=now)
+                             None, (), False)
         exact = bool(model) and self.tokens.uses_tokenizer(model or "")
         if ranking is None:
             return Explanation(query, [], [], 0, False, 0, settings.max_tokens, settings.top_k,
-                               exact, True, time_asked_about(query, today(now)))
+                               exact, True, time_asked_about(query, today()))
         chosen = ranking.chosen()
         decisions = self._budget(chosen, model)
         kept = [scored for scored, _, within in decisions if within]
@@ -275,8 +273,7 @@ class Retriever:
     def _rank(
         self, user_id: str, query: str, tenant: str, limit: int | None,
         filters: Sequence[Condition], include_superseded: bool,
-        phases: dict[str, float] | None = None, now: float | None = None,
-        asked: TimeAsked | None = None,
+        phases: dict[str, float] | None = None, asked: TimeAsked | None = None,
     ) -> _Ranking | None:
         """``phases`` (filled as the steps run) gets the milliseconds of each."""
         settings = self._settings
@@ -301,7 +298,7 @@ class Retriever:
         eligible = pool
         gating = available > settings.core_when_at_most
         if asked is None:
-            asked = time_asked_about(query, today(now))
+            asked = time_asked_about(query, today())
         if gating:
             evidence = (found.dense >= settings.min_score) | (found.keyword > 0)
             if asked.spans:  # a memory of the very days asked about is evidence too

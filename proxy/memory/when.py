@@ -91,7 +91,8 @@ class DaySpan:
 
 
 def _iso(day: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day * DAY_SECONDS))
+    year, month, day_of_month = _ymd(day)
+    return f"{year:04d}-{month:02d}-{day_of_month:02d}"  # "0001-01-01": %Y would write "1"
 
 
 @dataclass(frozen=True)
