@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,16 @@ def test_explain_shows_the_search_scores(browser: Any, proxy: tuple[ThreadedServ
         assert shown[hit["id"]][2] == "injected"
     block = css(browser, "#block").text
     assert "<memories>" in block and "Ann drinks green tea" in block
+    assert not browser.find_elements(By.CSS_SELECTOR, ".time-asked")
+
+    # A question about a time says which days it read.
+    message.clear()
+    message.send_keys("What did I do yesterday?")
+    browser.find_element(By.CSS_SELECTOR, "#page form button[type=submit]").click()
+    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
+    wait(browser, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".time-asked"),
+                                                   f"“yesterday”: {yesterday}"))
+    assert css(browser, ".time-asked").text.endswith("its memories first")
 
     # A chat request shows up under recent injections, ids and scores.
     chat = httpx.post(server.base_url + "/v1/chat/completions", headers={

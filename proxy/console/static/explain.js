@@ -45,7 +45,11 @@ function showExplanation(result, e) {
     h("li", { text: `${e.memories} memories looked at` }),
     h("li", { text: e.gating ? `gated (more than ${e.settings.core_when_at_most})`
       : "all ranked (a small profile)" }),
-    h("li", { text: `top_k ${e.settings.top_k}, min_score ${e.settings.min_score}` }));
+    h("li", { text: `top_k ${e.settings.top_k}, min_score ${e.settings.min_score}` }),
+    // The days the question asks about ("last week": read against today, UTC).
+    ...e.time_asked.spans.map((s) => h("li", { class: "time-asked", text:
+      `“${s.said}”: ${s.from === s.to ? s.from : `${s.from} to ${s.to}`}` +
+      (e.time_asked.dates_first ? ", its memories first" : ", its memories lifted") })));
   const rows = e.candidates.map((c) => ({
     attrs: { "data-memory-id": c.memory.id, "data-outcome": c.outcome },
     cells: [
