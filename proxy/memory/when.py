@@ -345,6 +345,9 @@ _PAST = frozenset(
 )
 _GATE_WORD = re.compile(r"[a-z]+|\d")
 NOTHING_ASKED = TimeAsked((), False)
+# A question names a few times; a text naming thousands ("5 Jan 5 Jan …", pasted logs) is
+# read up to this many, so reading stays linear in its length.
+MAX_PHRASES = 32
 
 
 def time_asked_about(text: str, day: int) -> TimeAsked:
@@ -360,6 +363,8 @@ def time_asked_about(text: str, day: int) -> TimeAsked:
         if phrase.words.isdisjoint(words):
             continue
         for match in phrase.pattern.finditer(text):
+            if len(taken) >= MAX_PHRASES:
+                break
             if any(match.start() < b and a < match.end() for a, b in taken):
                 continue
             taken.append(match.span())  # read, even when it names no past day
