@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from proxy.memory.markup import neutralise_markup
 from proxy.memory.store import ScoredMemory
+from proxy.memory.when import DAY_SECONDS, iso_day
 
 BLOCK_OPEN = "<memories>"
 BLOCK_CLOSE = "</memories>"
@@ -21,13 +21,7 @@ LEADING_ROLES = ("system", "developer")
 
 
 def _date(ts: float) -> str:
-    return _day_text(int(ts // 86_400))
-
-
-@functools.lru_cache(maxsize=4096)
-def _day_text(day: int) -> str:
-    """2024-01-05: a memory's date in the block (a chat renders ~10 a request)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+    return iso_day(int(ts // DAY_SECONDS))
 
 
 def render_memory_block(memories: Sequence[ScoredMemory]) -> str:

@@ -13,6 +13,7 @@ English only, like the keyword analyzer's stop-words. Times in the future ("next
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 
 from proxy.memory.keyword import DOTTED_DATE, ENGLISH_STOPWORDS, ISO_DATE, MONTHS
 
-__all__ = ["DaySpan", "TimeAsked", "day_of", "days_asked_about", "time_asked_about", "today"]
+__all__ = [
+    "DAY_SECONDS", "DaySpan", "TimeAsked", "day_of", "days_asked_about", "iso_day",
+    "time_asked_about", "today",
+]
 
 DAY_SECONDS = 86_400
 _MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
@@ -87,12 +91,15 @@ class DaySpan:
     relative: bool
 
     def to_json(self) -> dict[str, str]:
-        return {"from": _iso(self.first), "to": _iso(self.last), "said": self.said}
+        return {"from": iso_day(self.first), "to": iso_day(self.last), "said": self.said}
 
 
-def _iso(day: int) -> str:
+@functools.lru_cache(maxsize=4096)
+def iso_day(day: int) -> str:
+    """2024-01-05 (days since 1970-01-01, UTC): the spans' dates, and each memory's in an
+    injected block (~10 a chat); "0001-01-01" where strftime's %Y would write "1"."""
     year, month, day_of_month = _ymd(day)
-    return f"{year:04d}-{month:02d}-{day_of_month:02d}"  # "0001-01-01": %Y would write "1"
+    return f"{year:04d}-{month:02d}-{day_of_month:02d}"
 
 
 @dataclass(frozen=True)
