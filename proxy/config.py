@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -171,6 +172,9 @@ class RetrievalSettings(_Section):
     # nothing beyond date_window_days); with nothing else to go on, those days' come first.
     date_weight: float = Field(default=0.2, ge=0)
     date_window_days: int = Field(default=2, ge=0, le=366)
+    # The time zone (IANA: Europe/Berlin, America/New_York) "yesterday" and "last week" are
+    # read in, and memories are dated in, in the injected block; one for the whole proxy.
+    timezone: str = "UTC"
     # A memory that only asks keeps 1 - this share of its score (after lifting its neighbours).
     question_penalty: float = Field(default=0.3, ge=0, le=1)
     large_user_pool: int = Field(default=200, ge=1)  # nearest rows fused for uncached users
@@ -178,6 +182,15 @@ class RetrievalSettings(_Section):
     # per replica; 0: none. The query text is kept only with recent_injections_text.
     recent_injections: int = Field(default=200, ge=0, le=100_000)
     recent_injections_text: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("must be an IANA time zone such as UTC or Europe/Berlin") from exc
+        return value.strip()
 
     @model_validator(mode="after")
     def _some_weight(self) -> RetrievalSettings:

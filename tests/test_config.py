@@ -116,6 +116,8 @@ def test_config_yaml_in_the_working_directory_is_read_by_default(
         ("store.max_memory_chars", 0, "store.max_memory_chars"),
         ("extraction.duplicate_threshold", 3, "extraction.duplicate_threshold"),
         ("server.log_level", "loud", "server.log_level"),
+        ("retrieval.timezone", "Mars/Olympus_Mons", "retrieval.timezone"),
+        ("retrieval.timezone", "../../etc/passwd", "retrieval.timezone"),
     ],
 )
 def test_out_of_range_settings_are_refused_with_a_message_naming_them(

@@ -6,12 +6,15 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from fake_upstream import FakeUpstream
 from http_checks import sdk
 from servers import ThreadedServer
+
+from proxy.config import Settings
 
 NOTES = ("amber birch cedar dune ember fjord grove heath iris juniper kelp lotus moss nettle "
          "oak pine quartz reed sage thyme").split()
@@ -109,3 +112,38 @@ def test_a_relative_time_is_read_against_today_in_search_explain_and_chat(
         sent = json.dumps(request.json["messages"])
         assert "Baked sourdough bread for the neighbours" in sent
         assert (f"Today is {today.strftime('%A, %Y-%m-%d')} (UTC)." in sent) is dated, sent
+
+
+def test_days_are_the_configured_zones_in_search_and_chat(
+    settings: Settings, start_proxy: Callable[..., ThreadedServer], real_embedder: Any,
+    upstream: FakeUpstream,
+) -> None:
+    """retrieval.timezone: Kiritimati is UTC+14. Its first minute of today is yesterday in
+    UTC; its yesterday noon is two days ago in UTC. Read in the zone, "yesterday" is the
+    noon one, the block dates memories in the zone, and the model is told the zone's date."""
+    zone = ZoneInfo("Pacific/Kiritimati")
+    settings.retrieval.timezone = "Pacific/Kiritimati"
+    proxy = start_proxy(settings, embedder=real_embedder)
+    local_midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday_noon = local_midnight - timedelta(hours=12)
+    told = {local_midnight.timestamp() + 30: "Baked sourdough bread for the neighbours",
+            yesterday_noon.timestamp(): "Went kayaking on the lake with Sam"}
+    for n, note in enumerate(NOTES):
+        told[(local_midnight - timedelta(days=40 + n)).timestamp()] = \
+            f"What I did: I spent the day in the library, reading on {note}"
+    with httpx.Client(base_url=proxy.base_url, timeout=30) as client:
+        for created_at, text in told.items():
+            response = client.post("/v1/memories", json={
+                "user_id": "u", "text": text, "infer": False, "created_at": created_at,
+            })
+            assert response.status_code == 201, response.text
+        found = client.post("/v1/memories/search", json={
+            "user_id": "u", "query": "What did I do yesterday?", "limit": 3}).json()["data"]
+        assert found[0]["memory"] == "Went kayaking on the lake with Sam"
+    sdk(proxy.base_url + "/v1").chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "What did I do yesterday?"}],
+        extra_headers={"X-User-Id": "u"})
+    [request] = upstream.chat_requests()
+    sent = json.dumps(request.json["messages"])
+    assert f"- [{yesterday_noon:%Y-%m-%d}] Went kayaking on the lake with Sam" in sent
+    assert f"Today is {local_midnight:%A, %Y-%m-%d} (Pacific/Kiritimati)." in sent

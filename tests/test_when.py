@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pytest
 
 from proxy.memory.ranking import RankingParams, date_proximity, rank_memories
-from proxy.memory.when import MAX_PHRASES, day_of, days_asked_about, time_asked_about
+from proxy.memory.when import (
+    MAX_PHRASES,
+    Clock,
+    day_of,
+    days_asked_about,
+    read_time,
+    time_asked_about,
+)
 
 WEDNESDAY = day_of(2025, 3, 12)  # the day asked, in every case below
 
@@ -105,6 +114,25 @@ def test_a_text_naming_thousands_of_times_is_read_up_to_a_bound() -> None:
     assert len(asked.spans) == MAX_PHRASES == 32
     assert asked.spans[0].to_json()["from"] == "2001-01-01"
     assert len(time_asked_about("yesterday " * 20_000, WEDNESDAY).spans) == 1
+
+
+def test_a_clock_counts_days_in_its_zone() -> None:
+    """Kiritimati is UTC+14: at 12:00 UTC on 12 March it is 02:00 on the 13th there, so its
+    "yesterday" is the 12th, whose memories are dated from 10:00 UTC on the 11th."""
+    now = datetime(2025, 3, 12, 12, tzinfo=timezone.utc).timestamp()
+    clock = Clock.at("Pacific/Kiritimati", now)
+    assert clock.offset == 14 * 3600 and clock.today == day_of(2025, 3, 13)
+    assert clock.today_text() == "Thursday, 2025-03-13 (Pacific/Kiritimati)"
+    asked = read_time("What did I do yesterday?", clock)
+    assert [s.to_json()["from"] for s in asked.spans] == ["2025-03-12"]
+    said = [datetime(2025, 3, 11, h, tzinfo=timezone.utc).timestamp() for h in (9, 11, 20)]
+    assert [clock.date(t) for t in said] == ["2025-03-11", "2025-03-12", "2025-03-12"]
+    near = date_proximity(np.array(said), asked.days(), window=0, offset=asked.offset)
+    assert near.tolist() == [0, 1, 1]
+    utc = Clock.at("UTC", now)
+    assert utc.offset == 0 and utc.today == day_of(2025, 3, 12)
+    assert date_proximity(np.array(said), read_time("yesterday", utc).days(), 0).tolist() \
+        == [1, 1, 1]
 
 
 def test_far_dates_are_days_too_and_impossible_ones_none() -> None:

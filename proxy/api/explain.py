@@ -57,7 +57,8 @@ def _explanation_json(
     api: MemoriesAPI, explained: Explanation, tenant: str, user_id: str, model: str | None
 ) -> dict[str, Any]:
     settings = api.s.settings.retrieval
-    block = render_memory_block(explained.chosen) if explained.chosen else None
+    block = render_memory_block(explained.chosen, api.s.retriever.clock()) \
+        if explained.chosen else None
     tokens = api.s.retriever.tokens
     return {
         "object": "memory.explanation", "tenant": tenant, "user_id": user_id,
@@ -68,7 +69,7 @@ def _explanation_json(
         "budget": {"max_tokens": explained.max_tokens, "used_tokens": explained.used_tokens,
                    "counted_with": "tokenizer" if explained.exact_tokens else "estimate"},
         "memories": explained.memories, "gating": explained.gating,
-        # The days the question asks about ("last week": read against today, UTC); with
+        # The days the question asks about ("last week", read in retrieval.timezone); with
         # dates_first the question has nothing else to go on and those days' memories lead.
         "time_asked": {"spans": [span.to_json() for span in explained.time_asked.spans],
                        "dates_first": explained.time_asked.only_time},

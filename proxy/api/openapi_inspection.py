@@ -109,8 +109,8 @@ def inspection_schemas(ident: dict[str, Any]) -> dict[str, Any]:
                 "time_asked": {
                     "type": "object", "required": ["spans", "dates_first"],
                     "description": "The days the question asks about (\"on 5 Jan 2024\", "
-                    "\"yesterday\", \"last week\": read against today, UTC); their memories "
-                    "are lifted",
+                    "\"yesterday\", \"last week\": read against today in "
+                    "retrieval.timezone); its memories are lifted",
                     "properties": {
                         "spans": {"type": "array", "items": {
                             "type": "object", "required": ["from", "to", "said"],

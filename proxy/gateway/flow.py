@@ -45,7 +45,7 @@ from proxy.memory.injection import render_late_block, render_memory_block
 from proxy.memory.retrieval import Retriever, build_query, message_text
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.trimming import Turn, render_recalled
-from proxy.memory.when import TimeAsked, time_asked_about, today
+from proxy.memory.when import TimeAsked, read_time
 from proxy.metrics import Metrics
 
 log = logging.getLogger("memproxy.flow")
@@ -257,11 +257,11 @@ class MemoryFlow:
         shaper = self.s.request_shaper()
 
         phases: dict[str, float] = {}  # filled in the retrieval thread
-        asked_at = time.time()  # "yesterday" is the day before this
+        clock = retriever.clock()  # "yesterday" is the day before this one
 
         def retrieve_and_shape() -> tuple[list[ScoredMemory], Shaped, TimeAsked]:
             entered = time.perf_counter()
-            asked = time_asked_about(query, today(asked_at))
+            asked = read_time(query, clock)
             found = retriever.retrieve(user_id, query, tenant=identity.tenant, model=model_name,
                                        phases=phases, asked=asked)
             retrieved = time.perf_counter()
@@ -309,14 +309,13 @@ class MemoryFlow:
         finally:
             slots.release()
         self.s.metrics.observe_retrieval(time.perf_counter() - started, phases)
-        block = render_memory_block(shaped.stable) if shaped.stable else None
+        block = render_memory_block(shaped.stable, clock) if shaped.stable else None
         recalled = [render_recalled([turn]) for turn in shaped.recalled]
         if not (block or shaped.late or recalled):
             return MemoryOutcome("none", shaped=shaped)
         # Dated memories answer "what did I do yesterday?" only if the model knows the date.
-        dated = asked_at if asked.relative else None
-        late = render_late_block(shaped.late, recalled, dated) \
-            if shaped.late or recalled or dated is not None else None
+        late = render_late_block(shaped.late, recalled, clock, dated=asked.relative) \
+            if shaped.late or recalled or asked.relative else None
         return MemoryOutcome("injected", shaped.count, block, late, shaped)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from proxy.memory.markup import neutralise_markup
 from proxy.memory.store import ScoredMemory
-from proxy.memory.when import DAY_SECONDS, iso_day
+from proxy.memory.when import Clock
 
 BLOCK_OPEN = "<memories>"
 BLOCK_CLOSE = "</memories>"
@@ -20,16 +19,14 @@ PREAMBLE = (
 LEADING_ROLES = ("system", "developer")
 
 
-def _date(ts: float) -> str:
-    return iso_day(int(ts // DAY_SECONDS))
-
-
-def render_memory_block(memories: Sequence[ScoredMemory]) -> str:
+def render_memory_block(memories: Sequence[ScoredMemory], clock: Clock | None = None) -> str:
+    """The block, each memory dated in ``clock``'s zone (``retrieval.timezone``; default UTC)."""
+    clock = clock or Clock.at()
     lines = [PREAMBLE, BLOCK_OPEN]
     for scored in memories:
         # One line each, no tag-like text: a memory cannot close the block or fake a line.
         text = neutralise_markup(scored.memory.text)
-        lines.append(f"- [{_date(scored.memory.created_at)}] {text}")
+        lines.append(f"- [{clock.date(scored.memory.created_at)}] {text}")
     lines.append(BLOCK_CLOSE)
     return "\n".join(lines)
 
@@ -43,17 +40,19 @@ RECALLED_CLOSE = "</earlier_turns>"
 
 
 def render_late_block(
-    memories: Sequence[ScoredMemory], recalled: Sequence[str], today: float | None = None
+    memories: Sequence[ScoredMemory], recalled: Sequence[str], clock: Clock | None = None,
+    *, dated: bool = False,
 ) -> str:
     """This turn's additions: memories found now, and turns of this conversation that were
-    left out of the request (trimming) and match the question, one line each; with ``today``
-    (a time: the question asks "yesterday", "last week") the date they are read against."""
+    left out of the request (trimming) and match the question, one line each; with ``dated``
+    (the question asks "yesterday", "last week") today's date, which they are read against."""
+    clock = clock or Clock.at()
     lines = [LATE_PREAMBLE]
-    if today is not None:
-        lines.append(f"Today is {time.strftime('%A, %Y-%m-%d', time.gmtime(today))} (UTC).")
+    if dated:
+        lines.append(f"Today is {clock.today_text()}.")
     if memories:
         lines.append(BLOCK_OPEN)
-        lines += [f"- [{_date(s.memory.created_at)}] {neutralise_markup(s.memory.text)}"
+        lines += [f"- [{clock.date(s.memory.created_at)}] {neutralise_markup(s.memory.text)}"
                   for s in memories]
         lines.append(BLOCK_CLOSE)
     if recalled:

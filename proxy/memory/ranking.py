@@ -178,12 +178,13 @@ def order_by_score(
 
 
 def date_proximity(
-    created_at: np.ndarray, days: Sequence[int | tuple[int, int]], window: int
+    created_at: np.ndarray, days: Sequence[int | tuple[int, int]], window: int,
+    offset: float = 0.0,
 ) -> np.ndarray:
-    """1 for a memory dated on one of ``days`` (days since 1970-01-01, UTC; a day, or a span
-    of days ``(first, last)``), falling linearly to 0 at ``window + 1`` days outside it; the
-    nearest named day counts."""
-    created_day = np.floor(np.asarray(created_at, dtype=np.float64) / 86_400.0)
+    """1 for a memory dated on one of ``days`` (days since 1970-01-01 in a zone ``offset``
+    seconds ahead of UTC; a day, or a span of days ``(first, last)``), falling linearly to 0
+    at ``window + 1`` days outside it; the nearest named day counts."""
+    created_day = np.floor((np.asarray(created_at, dtype=np.float64) + offset) / 86_400.0)
     near = np.zeros(created_day.shape, dtype=np.float32)
     for day in days:
         first, last = day if isinstance(day, tuple) else (day, day)
@@ -199,6 +200,7 @@ def lift_dated(
     weight: float,
     window: int,
     eligible: np.ndarray | None = None,
+    offset: float = 0.0,
 ) -> np.ndarray:
     """``scores`` plus ``weight`` times each memory's ``date_proximity``, rescaled onto 0–1;
     unchanged when no day is named.
@@ -210,7 +212,7 @@ def lift_dated(
     scores = np.asarray(scores, dtype=np.float32)
     if weight <= 0 or not days or scores.size == 0:
         return scores
-    lift = weight * date_proximity(created_at, days, window)
+    lift = weight * date_proximity(created_at, days, window, offset)
     if eligible is not None:
         lift[~eligible] = 0.0
     return (scores + lift) / (1.0 + weight)
@@ -313,6 +315,7 @@ def rank_memories(
     neighbours: Neighbours | None = None,
     days: Sequence[int | tuple[int, int]] = (),
     dates_first: bool = False,
+    days_offset: float = 0.0,
     asks: np.ndarray | None = None,
 ) -> Ranked:
     """The best ``k`` memories: fused, memories of the ``days`` the question names and
@@ -321,7 +324,8 @@ def rank_memories(
     ``dense`` is the cosine similarity of each memory to the query, ``keyword`` its BM25
     score; ``vectors`` (unit rows) enable the MMR pass; ``neighbours(i)`` (the memories said
     next to memory i) enables the lift; ``days`` (days or spans of days the question asks
-    about, proxy/memory/when.py) with ``created_at`` the date lift, by ``date_weight`` or, with
+    about, proxy/memory/when.py; in a zone ``days_offset`` seconds ahead of UTC) with
+    ``created_at`` the date lift, by ``date_weight`` or, with
     ``dates_first`` (a question with nothing but its time to go on), so strongly that a memory
     of those days outranks every memory beyond the window; ``asks`` (True: the memory only
     asks) the question damping. ``eligible`` (a boolean mask, e.g. the caller's filters)
@@ -335,7 +339,8 @@ def rank_memories(
     if days and created_at is not None:
         weight = DATES_FIRST_WEIGHT if dates_first and params.date_weight > 0 \
             else params.date_weight
-        fused = lift_dated(fused, created_at, days, weight, params.date_window_days, eligible)
+        fused = lift_dated(fused, created_at, days, weight, params.date_window_days, eligible,
+                           days_offset)
     if neighbours is not None and params.neighbour_weight > 0:
         fused = lift_neighbours(
             fused, neighbours, params.neighbour_weight, STRONG_HITS, eligible

@@ -32,7 +32,7 @@ from proxy.memory.ranking import (
 from proxy.memory.recent import InjectedMemory, InjectionRecord, RecentInjections
 from proxy.memory.store import MemoryStore, ScoredMemory
 from proxy.memory.tokens import TokenCounter, estimate_tokens
-from proxy.memory.when import TimeAsked, time_asked_about, today
+from proxy.memory.when import Clock, TimeAsked, read_time
 
 __all__ = [
     "CandidateTrace", "Explanation", "Retriever", "build_query", "estimate_tokens",
@@ -226,7 +226,8 @@ class Retriever:
         With the budget (a chat request) for a user with memories, the choice is recorded in
         ``recent`` (the ring of recent injections). ``phases``, when given, receives the
         milliseconds each step took. ``asked``: the times the query asks about, when the
-        caller has read them already (``time_asked_about``; else read against today).
+        caller has read them already (``read_time``; else read against today, in
+        ``retrieval.timezone``).
         """
         started = time.perf_counter()
         with self.activity.running():
@@ -257,7 +258,7 @@ class Retriever:
         exact = bool(model) and self.tokens.uses_tokenizer(model or "")
         if ranking is None:
             return Explanation(query, [], [], 0, False, 0, settings.max_tokens, settings.top_k,
-                               exact, True, time_asked_about(query, today()))
+                               exact, True, self.read_time(query))
         chosen = ranking.chosen()
         decisions = self._budget(chosen, model)
         kept = [scored for scored, _, within in decisions if within]
@@ -268,6 +269,13 @@ class Retriever:
             query, kept, traces, int(ranking.pool.sum()), ranking.gating, used,
             settings.max_tokens, ranking.top_k, exact, found.complete, ranking.asked,
         )
+
+    def clock(self) -> Clock:
+        """Now, in the days of ``retrieval.timezone``."""
+        return Clock.at(self._settings.timezone)
+
+    def read_time(self, query: str) -> TimeAsked:
+        return read_time(query, self.clock())
 
     # -- the steps ------------------------------------------------------------------------
     def _rank(
@@ -298,11 +306,11 @@ class Retriever:
         eligible = pool
         gating = available > settings.core_when_at_most
         if asked is None:
-            asked = time_asked_about(query, today())
+            asked = self.read_time(query)
         if gating:
             evidence = (found.dense >= settings.min_score) | (found.keyword > 0)
             if asked.spans:  # a memory of the very days asked about is evidence too
-                evidence |= date_proximity(found.created_at, asked.days(), 0) > 0
+                evidence |= date_proximity(found.created_at, asked.days(), 0, asked.offset) > 0
             eligible = pool & evidence
         ranked = self._ranked(found, eligible, top_k, include_superseded, asked, mmr=True)
         phases["rank"] = (time.perf_counter() - searched) * 1000
@@ -322,7 +330,8 @@ class Retriever:
             # Rows in store order only for a cached owner (a large owner's are the nearest).
             neighbours=session_neighbours(found.memories, found.created_at)
             if found.complete else None,
-            days=asked.days(), dates_first=asked.only_time, asks=found.asks,
+            days=asked.days(), dates_first=asked.only_time, days_offset=asked.offset,
+            asks=found.asks,
         )
 
     def _budget(

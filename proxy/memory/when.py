@@ -1,8 +1,8 @@
 """The times a question asks about, as spans of calendar days: "on 5 Jan 2024", "yesterday",
 "last week", "two months ago", "in March", "over the weekend", "recently".
 
-Relative words are read against the day the question is asked (UTC; a day's error near
-midnight elsewhere is within the ranking's date window). Retrieval lifts the memories dated
+Relative words are read against the day the question is asked, in the days of
+``retrieval.timezone`` (``Clock``). Retrieval lifts the memories dated
 in a span (proxy/memory/ranking.py ``lift_dated``); a question with nothing else to go on
 ("What did I do last week?") is ranked by its dates first.
 
@@ -18,12 +18,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from proxy.memory.keyword import DOTTED_DATE, ENGLISH_STOPWORDS, ISO_DATE, MONTHS
 
 __all__ = [
-    "DAY_SECONDS", "DaySpan", "TimeAsked", "day_of", "days_asked_about", "iso_day",
-    "time_asked_about", "today",
+    "DAY_SECONDS", "Clock", "DaySpan", "TimeAsked", "day_of", "days_asked_about", "iso_day",
+    "read_time", "time_asked_about", "today",
 ]
 
 DAY_SECONDS = 86_400
@@ -50,6 +52,39 @@ def _month_number(written: str) -> int:
 def today(now: float | None = None) -> int:
     """The day (since 1970-01-01, UTC) ``now`` (default: the clock) falls on."""
     return int((time.time() if now is None else now) // DAY_SECONDS)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Days as this proxy's users count them: in ``zone`` (``retrieval.timezone``), which is
+    ``offset`` seconds ahead of UTC at ``now``. A memory's day is read with the same offset
+    (near a daylight-saving change, an hour off: within the date window)."""
+
+    zone: str
+    now: float
+    offset: float
+
+    @classmethod
+    def at(cls, zone: str = "UTC", now: float | None = None) -> Clock:
+        now = time.time() if now is None else now
+        ahead = datetime.fromtimestamp(now, ZoneInfo(zone)).utcoffset()
+        return cls(zone, now, ahead.total_seconds() if ahead is not None else 0.0)
+
+    @property
+    def today(self) -> int:
+        return self.day(self.now)
+
+    def day(self, at: float) -> int:
+        """The day (since 1970-01-01, in the zone) the time ``at`` falls on."""
+        return int((at + self.offset) // DAY_SECONDS)
+
+    def date(self, at: float) -> str:
+        return iso_day(self.day(at))
+
+    def today_text(self) -> str:
+        """"Tuesday, 2026-12-08 (Europe/Berlin)"."""
+        return f"{_WEEKDAYS[_weekday(self.today)].title()}, {iso_day(self.today)} ({self.zone})"
+
 
 
 def day_of(year: int, month: int, day: int) -> int:
@@ -82,8 +117,8 @@ def _year_span(year: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class DaySpan:
-    """Days ``first`` to ``last`` (both included, days since 1970-01-01 UTC) and the words
-    that named them; ``relative``: read against the day asked ("yesterday", "in March")."""
+    """Days ``first`` to ``last`` (both included, days since 1970-01-01 in the asker's zone)
+    and the words that named them; ``relative``: read against the day asked ("yesterday")."""
 
     first: int
     last: int
@@ -108,6 +143,8 @@ class TimeAsked:
     # Nothing but the time to go on: every other word a stop-word or a word any memory could
     # answer ("What did we talk about last week?").
     only_time: bool
+    # The spans are days of a zone this many seconds ahead of UTC (Clock.offset).
+    offset: float = 0.0
 
     @property
     def relative(self) -> bool:
@@ -357,9 +394,9 @@ NOTHING_ASKED = TimeAsked((), False)
 MAX_PHRASES = 32
 
 
-def time_asked_about(text: str, day: int) -> TimeAsked:
+def time_asked_about(text: str, day: int, offset: float = 0.0) -> TimeAsked:
     """The spans of days ``text`` names, in the order written, read against ``day`` (the day
-    it is asked, days since 1970-01-01 UTC)."""
+    it is asked, days since 1970-01-01 in a zone ``offset`` seconds ahead of UTC)."""
     words = set(_GATE_WORD.findall(text.lower()))
     if _TIME_WORDS.isdisjoint(words):  # most questions: one pass over the words, ~2–12 µs
         return NOTHING_ASKED
@@ -394,7 +431,12 @@ def time_asked_about(text: str, day: int) -> TimeAsked:
         w not in ENGLISH_STOPWORDS and w not in _GENERIC and not w.isdigit()
         for w in (w.casefold() for w in _WORD.findall(rest))
     )
-    return TimeAsked(spans, only_time)
+    return TimeAsked(spans, only_time, offset)
+
+
+def read_time(text: str, clock: Clock) -> TimeAsked:
+    """The times ``text`` asks about, in ``clock``'s days."""
+    return time_asked_about(text, clock.today, clock.offset)
 
 
 def days_asked_about(text: str) -> list[int]:

@@ -46,7 +46,7 @@ function showExplanation(result, e) {
     h("li", { text: e.gating ? `gated (more than ${e.settings.core_when_at_most})`
       : "all ranked (a small profile)" }),
     h("li", { text: `top_k ${e.settings.top_k}, min_score ${e.settings.min_score}` }),
-    // The days the question asks about ("last week": read against today, UTC).
+    // The days the question asks about ("last week": read against today in retrieval.timezone).
     ...e.time_asked.spans.map((s) => h("li", { class: "time-asked", text:
       `“${s.said}”: ${s.from === s.to ? s.from : `${s.from} to ${s.to}`}` +
       (e.time_asked.dates_first ? ", its memories first" : ", its memories lifted") })));
