@@ -62,6 +62,19 @@ def test_a_named_day_lifts_what_was_said_the_day_after(
     assert found[0]["memory"] == "Yesterday I played basketball with my team"
 
 
+def store_with_older_days(client: httpx.Client, told: dict[float, str], day: datetime) -> None:
+    """``told`` (time → text) for user u, and a memory on each of 20 days long before
+    ``day`` whose words are closer to the questions asked."""
+    older = {(day - timedelta(days=40 + n)).timestamp():
+             f"What I did: I spent the day in the library, reading on {note}"
+             for n, note in enumerate(NOTES)}
+    for created_at, text in {**told, **older}.items():
+        response = client.post("/v1/memories", json={
+            "user_id": "u", "text": text, "infer": False, "created_at": created_at,
+        })
+        assert response.status_code == 201, response.text
+
+
 def test_a_relative_time_is_read_against_today_in_search_explain_and_chat(
     start_proxy: Callable[..., ThreadedServer], real_embedder: Any, upstream: FakeUpstream,
 ) -> None:
@@ -74,15 +87,8 @@ def test_a_relative_time_is_read_against_today_in_search_explain_and_chat(
     yesterday = today - timedelta(days=1)
     told = {last_week.timestamp(): "Went kayaking on the lake with Sam",
             yesterday.timestamp(): "Baked sourdough bread for the neighbours"}
-    for n, note in enumerate(NOTES):  # older days, words closer to the questions
-        told[(today - timedelta(days=40 + n)).timestamp()] = \
-            f"What I did: I spent the day in the library, reading on {note}"
     with httpx.Client(base_url=proxy.base_url, timeout=30) as client:
-        for created_at, text in told.items():
-            response = client.post("/v1/memories", json={
-                "user_id": "u", "text": text, "infer": False, "created_at": created_at,
-            })
-            assert response.status_code == 201, response.text
+        store_with_older_days(client, told, today)
 
         def first(query: str) -> str:
             found = client.post("/v1/memories/search", json={
@@ -128,15 +134,8 @@ def test_days_are_the_configured_zones_in_search_and_chat(
     yesterday_noon = local_midnight - timedelta(hours=12)
     told = {local_midnight.timestamp() + 30: "Baked sourdough bread for the neighbours",
             yesterday_noon.timestamp(): "Went kayaking on the lake with Sam"}
-    for n, note in enumerate(NOTES):
-        told[(local_midnight - timedelta(days=40 + n)).timestamp()] = \
-            f"What I did: I spent the day in the library, reading on {note}"
     with httpx.Client(base_url=proxy.base_url, timeout=30) as client:
-        for created_at, text in told.items():
-            response = client.post("/v1/memories", json={
-                "user_id": "u", "text": text, "infer": False, "created_at": created_at,
-            })
-            assert response.status_code == 201, response.text
+        store_with_older_days(client, told, local_midnight)
         found = client.post("/v1/memories/search", json={
             "user_id": "u", "query": "What did I do yesterday?", "limit": 3}).json()["data"]
         assert found[0]["memory"] == "Went kayaking on the lake with Sam"
